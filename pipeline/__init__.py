@@ -1,0 +1,3 @@
+"""vmpump: image-level backup of vSphere VMs to object storage, as a Ray pipeline."""
+
+__version__ = "0.1.0"

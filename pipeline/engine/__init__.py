@@ -1,0 +1,1 @@
+"""Ray: planning, admission, placement and the read → hash → dedup → compress → pack path."""

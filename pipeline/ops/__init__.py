@@ -1,0 +1,1 @@
+"""Restore, verify, prune, garbage collection and reports."""

@@ -1,0 +1,1 @@
+"""The repository: object-store backends, packs, the chunk index, manifests, restore points."""
