@@ -157,8 +157,8 @@ def merge_manifest(
     )
     kept = old.filter(keep)
     new = sorted((o, c) for o, c in changed.items() if c is not None)
-    offsets = pa.chunked_array([kept.column("offset"), pa.array([o for o, _ in new], pa.int64())])
-    ids = pa.chunked_array([kept.column("chunk_id"), pa.array([c for _, c in new], pa.binary(32))])
+    offsets = pa.chunked_array([*kept.column("offset").chunks, pa.array([o for o, _ in new], pa.int64())])
+    ids = pa.chunked_array([*kept.column("chunk_id").chunks, pa.array([c for _, c in new], pa.binary(32))])
     order = pc.sort_indices(offsets)
     return DiskManifest._build(
         previous.disk_key,
