@@ -79,7 +79,9 @@ def test_an_s3_object_changed_behind_our_back_fails_its_checksum(s3_endpoint, s3
     store = open_store(f"s3://{s3_bucket}/repo", endpoint_url=s3_endpoint)
     store.put("manifests/m.parquet", b"original bytes")
     meta = s3_client.head_object(Bucket=s3_bucket, Key="repo/manifests/m.parquet")["Metadata"]
-    s3_client.put_object(Bucket=s3_bucket, Key="repo/manifests/m.parquet", Body=b"tampered bytes", Metadata=meta)
+    s3_client.put_object(
+        Bucket=s3_bucket, Key="repo/manifests/m.parquet", Body=b"tampered bytes", Metadata=meta
+    )
     with pytest.raises(ObjectCorruptError, match="does not match its recorded BLAKE3"):
         store.get("manifests/m.parquet")
 

@@ -16,7 +16,9 @@ def manifest_and_changes(draw):
     changed = draw(
         st.dictionaries(st.integers(0, (new_capacity - 1) // BLOCK).map(lambda b: b * BLOCK), st.none() | ids)
     )
-    manifest = DiskManifest.from_blocks("disk", capacity=capacity, block_size=BLOCK, change_id="a/1", blocks=blocks)
+    manifest = DiskManifest.from_blocks(
+        "disk", capacity=capacity, block_size=BLOCK, change_id="a/1", blocks=blocks
+    )
     return manifest, blocks, changed, new_capacity
 
 
@@ -67,4 +69,6 @@ def test_merge_refuses_an_unaligned_changed_offset():
 
 def test_manifest_refuses_blocks_outside_the_disk():
     with pytest.raises(ValueError, match="inside the disk"):
-        DiskManifest.from_blocks("d", capacity=BLOCK, block_size=BLOCK, change_id=None, blocks={BLOCK: b"x" * 32})
+        DiskManifest.from_blocks(
+            "d", capacity=BLOCK, block_size=BLOCK, change_id=None, blocks={BLOCK: b"x" * 32}
+        )
