@@ -87,10 +87,19 @@ def write_through_repository(repo: Repository, image: bytearray, workers: int) -
     seen_lock = threading.Lock()
     blocks: dict[int, bytes] = {}
     entries = []
+    uploads = ThreadPoolExecutor(2)  # uploads overlap hashing and compression, as in the engine
+    in_flight = threading.BoundedSemaphore(4)  # at most 4 sealed packs held in memory
+
+    def upload(writer, sealed) -> list:
+        try:
+            return writer.upload(sealed)
+        finally:
+            in_flight.release()
 
     def work(lo: int, hi: int) -> None:
         writer = repo.pack_writer()
         mine = []
+        pending = []
         for at in range(lo, hi, BLOCK):
             block = view[at : at + BLOCK]
             if is_all_zero(block):
@@ -102,13 +111,18 @@ def write_through_repository(repo: Repository, image: bytearray, workers: int) -
                     continue
                 seen.add(chunk_id)
             if sealed := writer.add(chunk_id, encode_chunk(block, repo.config.compression_level)):
-                mine += writer.upload(sealed)
+                in_flight.acquire()
+                pending.append(uploads.submit(upload, writer, sealed))
         if sealed := writer.seal():
-            mine += writer.upload(sealed)
+            in_flight.acquire()
+            pending.append(uploads.submit(upload, writer, sealed))
+        for future in pending:
+            mine += future.result()
         entries.extend(mine)
 
     t0 = time.perf_counter()
     _timed_split(len(image), workers, work)
+    uploads.shutdown()
     repo.write_index_segment(entries)
     manifest = DiskManifest.from_blocks(
         "disk0", capacity=len(image), block_size=BLOCK, change_id=None, blocks=blocks

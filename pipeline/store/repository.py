@@ -239,10 +239,10 @@ class Repository:
 
     def commit_restore_point(self, point: RestorePoint) -> None:
         """Write the record that makes ``point`` visible, after checking all it names is stored."""
-        index = self.chunk_index(refresh=True)
+        known = self.chunk_index(refresh=True).chunk_ids()
         for disk in point.disks:
             needed = self.read_manifest(disk.manifest_key).referenced_chunk_ids()
-            missing = pc.sum(pc.invert(pc.is_in(needed, value_set=index.chunk_ids()))).as_py() or 0
+            missing = pc.sum(pc.invert(pc.is_in(needed, value_set=known))).as_py() or 0
             if missing:
                 raise RepositoryError(
                     f"restore point {point.id} disk {disk.disk_key} references {missing} unindexed chunks",

@@ -72,8 +72,10 @@ class S3Store:
         addressing_style: str = "auto",
         max_attempts: int = 8,
         retry_mode: str = "adaptive",
-        multipart_threshold: int = 16 << 20,
-        multipart_chunksize: int = 8 << 20,
+        # A default 32 MiB pack goes up in one PUT (measured faster than 8 MiB parts); larger
+        # objects go in parts, so a failed part is re-sent alone.
+        multipart_threshold: int = 64 << 20,
+        multipart_chunksize: int = 16 << 20,
     ) -> None:
         if addressing_style not in ADDRESSING_STYLES:
             raise ConfigError(
