@@ -54,20 +54,33 @@ class DiskManifest:
         pairs = sorted(blocks.items() if isinstance(blocks, Mapping) else blocks)
         offsets = pa.array([o for o, _ in pairs], pa.int64())
         ids = pa.array([c for _, c in pairs], pa.binary(32))
-        return cls._build(disk_key, capacity, block_size, change_id, offsets, ids)
+        return cls.from_arrays(
+            disk_key,
+            capacity=capacity,
+            block_size=block_size,
+            change_id=change_id,
+            offsets=offsets,
+            chunk_ids=ids,
+        )
 
     @classmethod
-    def _build(
+    def from_arrays(
         cls,
         disk_key: str,
+        *,
         capacity: int,
         block_size: int,
         change_id: str | None,
         offsets: pa.Array,
-        ids: pa.Array,
+        chunk_ids: pa.Array,
     ) -> DiskManifest:
+        """A manifest from sorted int64 offsets and their binary(32) chunk ids (lengths derived)."""
+        offsets = offsets.cast(pa.int64())
         lengths = pc.min_element_wise(pc.subtract(pa.scalar(capacity, pa.int64()), offsets), block_size)
-        table = pa.table({"offset": offsets, "chunk_id": ids, "length": lengths}, schema=MANIFEST_SCHEMA)
+        table = pa.table(
+            {"offset": offsets, "chunk_id": chunk_ids.cast(pa.binary(32)), "length": lengths},
+            schema=MANIFEST_SCHEMA,
+        )
         return cls(disk_key, capacity, block_size, change_id, table)
 
     @property
@@ -160,11 +173,11 @@ def merge_manifest(
     offsets = pa.chunked_array([*kept.column("offset").chunks, pa.array([o for o, _ in new], pa.int64())])
     ids = pa.chunked_array([*kept.column("chunk_id").chunks, pa.array([c for _, c in new], pa.binary(32))])
     order = pc.sort_indices(offsets)
-    return DiskManifest._build(
+    return DiskManifest.from_arrays(
         previous.disk_key,
-        capacity,
-        block_size,
-        change_id,
-        pc.take(offsets, order).combine_chunks(),
-        pc.take(ids, order).combine_chunks(),
+        capacity=capacity,
+        block_size=block_size,
+        change_id=change_id,
+        offsets=pc.take(offsets, order).combine_chunks(),
+        chunk_ids=pc.take(ids, order).combine_chunks(),
     )

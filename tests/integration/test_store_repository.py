@@ -260,3 +260,33 @@ def test_chunk_ids_are_blake3_of_the_plaintext(repo: Repository):
 
     data = os.urandom(1000)
     assert repo.chunk_id(data) == blake3.blake3(data).digest()
+
+
+def test_batch_lookup_aligns_index_rows_with_the_ids_asked_for(repo: Repository):
+    import pyarrow as pa
+
+    record = write_disk(repo, "scsi0:0", disk_image(6))
+    ids = [c for _, _, c in repo.read_manifest(record.manifest_key).blocks()]
+    rows = repo.chunk_index(refresh=True).locate(pa.array([ids[1], b"\0" * 32, ids[0]], pa.binary(32)))
+    assert rows.column("chunk_id").to_pylist() == [ids[1], None, ids[0]]
+    assert rows.column("pack_id")[0].as_py() == repo.lookup(ids[1]).pack_id
+
+
+def test_recovery_skips_a_damaged_orphan_pack_and_indexes_the_rest(object_store: ObjectStore):
+    repo = Repository.init(object_store, block_size=BLOCK, pack_size=1 << 20)
+    with pytest.raises(SystemExit):
+        write_disk(repo, "scsi0:0", disk_image(7, blocks=20), crash_after_upload=True)
+    packs = object_store.list_keys("packs/")
+    object_store.put(packs[0], object_store.get(packs[0])[:-10])  # footer gone
+    recovered = Repository.open(object_store).recover_unindexed_packs()
+    assert {e.pack_id for e in recovered} == {k.rsplit("/", 1)[-1] for k in packs[1:]}
+
+
+def test_refreshing_a_lock_pushes_its_expiry_out(repo: Repository):
+    lock = repo.lock("shared", lease=timedelta(seconds=5))
+    before = lock.record.expires
+    lock.refresh()
+    assert lock.record.expires > before
+    stored = json.loads(repo.store.get(lock.record.key))
+    assert stored["expires"] == lock.record.expires
+    lock.release()
