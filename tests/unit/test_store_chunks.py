@@ -1,0 +1,60 @@
+import os
+
+import pytest
+
+from pipeline.store.chunks import PackWriter, decode_chunk, encode_chunk, is_all_zero, read_pack_entries
+from pipeline.store.errors import ObjectCorruptError
+from pipeline.store.local import LocalStore
+
+
+def test_compressible_block_is_stored_as_zstd_and_decodes_to_itself():
+    block = b"the quick brown fox " * 10000
+    encoded = encode_chunk(block, 3)
+    assert encoded.codec == "zstd" and len(encoded.payload) < len(block)
+    assert decode_chunk(encoded.codec, encoded.payload, encoded.raw_length) == block
+
+
+def test_random_block_is_stored_raw_because_compression_does_not_shrink_it():
+    block = os.urandom(256 << 10)
+    encoded = encode_chunk(memoryview(block), 3)
+    assert encoded.codec == "raw" and encoded.payload == block
+
+
+def test_zero_check_accepts_bytes_and_memoryviews():
+    assert is_all_zero(bytes(1 << 20)) and is_all_zero(memoryview(bytearray(4096)))
+    assert not is_all_zero(bytes(4095) + b"\x01")
+    assert is_all_zero(b"")
+
+
+def test_pack_trailer_lists_every_chunk_and_rebuilds_the_index(tmp_path):
+    store = LocalStore(tmp_path)
+    writer = PackWriter(store, pack_size=1 << 30)
+    chunks = {bytes([i]) * 32: encode_chunk(os.urandom(1000) * (i + 1), 3) for i in range(5)}
+    for cid, enc in chunks.items():
+        assert writer.add(cid, enc) is None
+    sealed = writer.seal()
+    assert writer.seal() is None
+    uploaded = writer.upload(sealed)
+    assert read_pack_entries(store, sealed.pack_id) == uploaded
+    for entry in uploaded:
+        payload = sealed.data[entry.offset : entry.offset + entry.length]
+        assert payload == chunks[entry.chunk_id].payload
+
+
+def test_pack_writer_seals_once_the_target_size_is_reached():
+    writer = PackWriter(LocalStore("/nonexistent-not-written"), pack_size=3000)
+    sealed = [writer.add(bytes([i]) * 32, encode_chunk(os.urandom(1000), 3)) for i in range(7)]
+    assert [s is not None for s in sealed] == [False, False, True, False, False, True, False]
+    assert len(writer.seal().entries) == 1
+
+
+def test_a_damaged_pack_trailer_is_reported(tmp_path):
+    store = LocalStore(tmp_path)
+    writer = PackWriter(store, pack_size=1 << 30)
+    writer.add(b"\x01" * 32, encode_chunk(b"x" * 5000, 3))
+    sealed = writer.seal()
+    damaged = bytearray(sealed.data)
+    damaged[-60] ^= 0xFF
+    store.put(sealed.key, bytes(damaged))
+    with pytest.raises(ObjectCorruptError, match="trailer of pack"):
+        read_pack_entries(store, sealed.pack_id)
