@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 
 import ray
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, PlacementConfig
 from pipeline.engine.dedup import DedupIndex, RepoLocation
 from pipeline.engine.disk_task import DiskJob, DiskResult, backup_disk
+from pipeline.engine.placement import PlacementLimits, disk_task_options, local_node_resources
 from pipeline.engine.stats import StageClock
 from pipeline.errors import VmpumpError
 from pipeline.store.repository import Repository
@@ -71,7 +72,15 @@ class RunSummary:
         return [o for o in self.outcomes if o.error is not None]
 
     def totals(self) -> dict[str, int]:
-        keys = ("bytes_read", "zero_blocks", "dedup_blocks", "new_chunks", "new_bytes", "stored_bytes", "packs")
+        keys = (
+            "bytes_read",
+            "zero_blocks",
+            "dedup_blocks",
+            "new_chunks",
+            "new_bytes",
+            "stored_bytes",
+            "packs",
+        )
         return {k: sum(getattr(d, k) for o in self.outcomes for d in o.disks) for k in keys}
 
     def stage_clock(self) -> StageClock:
@@ -95,18 +104,34 @@ def previous_points(repo: Repository) -> dict[str, RestorePoint]:
     return latest
 
 
+def placement_limits(p: PlacementConfig) -> PlacementLimits:
+    return PlacementLimits(
+        slots_per_proxy=p.slots_per_proxy,
+        cpus_per_task=p.cpus_per_task,
+        memory_per_task_bytes=p.memory_per_task,
+        max_snapshots_per_host=p.max_snapshots_per_host,
+        max_snapshots_per_datastore=p.max_snapshots_per_datastore,
+        max_reads_per_datastore=p.max_reads_per_datastore,
+        max_disks_per_host=p.max_disks_per_host,
+        latency_stop_ms=p.latency_stop_ms,
+        latency_slow_ms=p.latency_slow_ms,
+        adaptive=p.adaptive,
+    )
+
+
 def ensure_ray(cfg: JobConfig, address: str | None = None) -> None:
     """Join the cluster at ``address`` or start a local one whose node advertises proxy slots."""
     if ray.is_initialized():
         return
-    from pipeline.engine.placement import local_node_resources
-
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        num_cpus, resources = local_node_resources(cfg.placement)
-        ray.init(num_cpus=num_cpus, resources=resources, logging_level=logging.WARNING,
-                 log_to_driver=False, include_dashboard=False)
+        ray.init(
+            resources=local_node_resources(placement_limits(cfg.placement)),
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            include_dashboard=False,
+        )
 
 
 def run_backup(
@@ -119,8 +144,6 @@ def run_backup(
     max_parallel_vms: int | None = None,
 ) -> RunSummary:
     """Back up ``plans``; Ray must be initialized. Never raises for one VM's failure."""
-    from pipeline.engine.placement import disk_task_options
-
     started = time.perf_counter()
     run_id = uuid.uuid4().hex
     location = location_of(cfg)
@@ -131,7 +154,9 @@ def run_backup(
         recovered = repo.recover_unindexed_packs()
         index = DedupIndex.start(location, shards=dedup_shards, lease_s=lease_s)
         progress = _ProgressSink.start() if on_progress is not None else None
-        task = ray.remote(backup_disk).options(**disk_task_options(cfg.placement), max_retries=1)
+        task = ray.remote(backup_disk).options(
+            **disk_task_options(placement_limits(cfg.placement)), max_retries=1
+        )
         slots = max(1, int(ray.cluster_resources().get("backup_slots", 1)))
         parallel = max_parallel_vms or slots
 
@@ -190,8 +215,15 @@ def _backup_vm(
             vm=VmRef(plan.name, plan.vm_id),
             created=datetime.now(timezone.utc),
             disks=tuple(
-                DiskRecord(r.disk_key, r.label, r.capacity, r.manifest_key, r.change_id, r.full_read,
-                           r.full_read_reason)
+                DiskRecord(
+                    r.disk_key,
+                    r.label,
+                    r.capacity,
+                    r.manifest_key,
+                    r.change_id,
+                    r.full_read,
+                    r.full_read_reason,
+                )
                 for r in results
             ),
             consistency=prepared.consistency,  # type: ignore[arg-type]

@@ -36,8 +36,12 @@ class RepoLocation:
 
     def open(self) -> Repository:
         return Repository.open(
-            open_store(self.url, endpoint_url=self.endpoint_url, region=self.region,
-                       addressing_style=self.addressing_style)
+            open_store(
+                self.url,
+                endpoint_url=self.endpoint_url,
+                region=self.region,
+                addressing_style=self.addressing_style,
+            )
         )
 
 
@@ -136,8 +140,13 @@ class DedupIndex:
 
     def add_entries(self, entries: Sequence[IndexEntry], owner: str) -> None:
         groups = self._route([e.chunk_id for e in entries])
-        ray.get([self.shards[s].add_entries.remote([entries[i] for i in g], owner)
-                 for s, g in enumerate(groups) if g])
+        ray.get(
+            [
+                self.shards[s].add_entries.remote([entries[i] for i in g], owner)
+                for s, g in enumerate(groups)
+                if g
+            ]
+        )
 
     def renew(self, owner: str) -> None:
         ray.get([s.renew.remote(owner) for s in self.shards])

@@ -88,7 +88,9 @@ def backup_disk(
     repo = location.open()
     source = job.source.open()
     stop_heartbeat = threading.Event()
-    heartbeat = threading.Thread(target=_renew_claims, args=(index, owner, lease_s, stop_heartbeat), daemon=True)
+    heartbeat = threading.Thread(
+        target=_renew_claims, args=(index, owner, lease_s, stop_heartbeat), daemon=True
+    )
     heartbeat.start()
     try:
         run = _DiskRun(job, repo, source, index, owner, threads, progress)
@@ -139,7 +141,16 @@ class _DiskRun:
         self.full_read = job.previous_manifest is None
         self.full_read_reason = job.full_read_reason
         self.counts = dict.fromkeys(
-            ("bytes_read", "blocks_read", "zero_blocks", "dedup_blocks", "new_chunks", "new_bytes", "stored_bytes", "packs"),
+            (
+                "bytes_read",
+                "blocks_read",
+                "zero_blocks",
+                "dedup_blocks",
+                "new_chunks",
+                "new_bytes",
+                "stored_bytes",
+                "packs",
+            ),
             0,
         )
 
@@ -335,8 +346,9 @@ class _DiskRun:
         job = self.job
         if job.previous_manifest is not None and not self.full_read:
             previous = self.repo.read_manifest(job.previous_manifest)
-            manifest = merge_manifest(previous, self.changed, capacity=self.capacity,
-                                      change_id=self.source.change_id)
+            manifest = merge_manifest(
+                previous, self.changed, capacity=self.capacity, change_id=self.source.change_id
+            )
         else:
             manifest = DiskManifest.from_blocks(
                 disk_key=job.disk_key,
@@ -366,4 +378,3 @@ def _without_previous(job: DiskJob) -> DiskJob:
     from dataclasses import replace
 
     return replace(job, previous_manifest=None)
-

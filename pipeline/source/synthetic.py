@@ -3,7 +3,7 @@
 Every block's class (zero, duplicate, compressible, random) and content derive from the seed, the
 block index and the generation in which the block last changed, so any process can regenerate any
 block without shipping bytes, and generation ``g`` differs from ``g-1`` in about ``change_rate`` of
-its blocks. The change marker is ``synthetic:<seed>:<generation>`` and changed extents between two
+its 1 MiB regions. The change marker is ``synthetic:<seed>:<generation>`` and changed extents between two
 generations are exact, like a truthful CBT.
 """
 
@@ -19,6 +19,8 @@ from pipeline.extents import Extent, merge
 from pipeline.source.base import ChangeIdInvalidError, SourceError
 
 GRAIN = 64 << 10  # content is generated in 64 KiB grains so any block size sees the same bytes
+CHANGE_UNIT = 1 << 20  # changes come in aligned 1 MiB regions, as guest writes cluster on real disks
+_PER_UNIT = CHANGE_UNIT // GRAIN
 _DUP_POOL = 8  # distinct contents shared by every duplicate grain: they deduplicate across disks
 _ALPHABET = bytes(97 + (i % 16) for i in range(256))  # 4 bits of entropy per byte: compresses ~2x
 
@@ -39,8 +41,15 @@ class SyntheticDisk:
         return SyntheticSource(self)
 
     def at_generation(self, generation: int) -> SyntheticDisk:
-        return SyntheticDisk(self.size, self.seed, self.zero_share, self.duplicate_share,
-                             self.compressible_share, self.change_rate, generation)
+        return SyntheticDisk(
+            self.size,
+            self.seed,
+            self.zero_share,
+            self.duplicate_share,
+            self.compressible_share,
+            self.change_rate,
+            generation,
+        )
 
 
 def _unit(*parts: int) -> float:
@@ -68,10 +77,11 @@ class SyntheticSource:
         return -(-self.disk.size // GRAIN)
 
     def _version(self, grain: int) -> int:
-        """The last generation (0 for the original) in which ``grain`` changed."""
+        """The last generation (0 for the original) in which the region of ``grain`` changed."""
         d = self.disk
+        region = grain // _PER_UNIT
         for g in range(d.generation, 0, -1):
-            if _unit(d.seed, grain, g, 1) < d.change_rate:
+            if _unit(d.seed, region, g, 1) < d.change_rate:
                 return g
         return 0
 
@@ -105,7 +115,11 @@ class SyntheticSource:
     def parse_change_id(self, change_id: str) -> int:
         try:
             kind, seed, gen = change_id.split(":")
-            if kind != "synthetic" or int(seed) != self.disk.seed or not 0 <= int(gen) <= self.disk.generation:
+            if (
+                kind != "synthetic"
+                or int(seed) != self.disk.seed
+                or not 0 <= int(gen) <= self.disk.generation
+            ):
                 raise ValueError(change_id)
             return int(gen)
         except ValueError:
