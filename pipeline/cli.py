@@ -125,13 +125,64 @@ def points(
         size = sum(d.capacity for d in p.disks)
         table.add_row(
             p.id[:12],
-            p.vm_name,
+            p.vm.name,
             p.created.strftime("%Y-%m-%d %H:%M:%S"),
             str(len(p.disks)),
             p.consistency,
             _human(size),
         )
     out.print(table)
+
+
+@app.command()
+def backup(
+    config: Path = typer.Option(..., "--config", "-c", help="job YAML file"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and touch nothing"),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="join this Ray cluster (default: start a local one)"
+    ),
+) -> None:
+    """Back up the job's VMs: full the first time, CBT-incremental after."""
+    from pipeline.config import load_config
+    from pipeline.engine.plans import build_plans
+
+    cfg = load_config(config)
+    store = open_repository_store(config, None, None, None)
+    from pipeline.store.repository import Repository
+
+    repo = Repository.open(store)
+    plans = build_plans(cfg, repo)
+    if not plans:
+        raise UsageError("the job selects no VM", "check selection.vms and selection.exclude in the job file")
+    if dry_run:
+        _print_plan(plans)
+        return
+    from pipeline.engine.backup import ensure_ray, run_backup
+    from pipeline.engine.console import BackupProgress, print_summary
+
+    ensure_ray(cfg, ray_address)
+    with BackupProgress(out, plans) as progress:
+        summary = run_backup(cfg, plans, on_progress=progress.advance)
+    print_summary(out, summary)
+    if summary.failed:
+        raise BackupFailed(
+            f"{len(summary.failed)} of {len(summary.outcomes)} VMs failed and got no restore point",
+            "see the errors above; rerun the job to retry them (uploaded data is reused)",
+        )
+
+
+class BackupFailed(VmpumpError):
+    exit_code = 3
+
+
+def _print_plan(plans: list) -> None:  # noqa: ANN001 - VmPlan
+    table = Table("vm", "disks", "capacity", "kind", title="backup plan (dry run)")
+    for p in plans:
+        table.add_row(
+            p.name, ", ".join(p.disks), _human(p.capacity), "incremental" if p.incremental else "full"
+        )
+    out.print(table)
+    out.print(f"{len(plans)} VMs, {_human(sum(p.capacity for p in plans))} provisioned")
 
 
 def _human(n: float) -> str:

@@ -127,6 +127,7 @@ def ensure_ray(cfg: JobConfig, address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
         ray.init(
+            address="local",  # a new local instance, never some other Ray found on this machine
             resources=local_node_resources(placement_limits(cfg.placement)),
             logging_level=logging.WARNING,
             log_to_driver=False,
@@ -142,6 +143,7 @@ def run_backup(
     dedup_shards: int = 2,
     lease_s: float = 30.0,
     max_parallel_vms: int | None = None,
+    task_retries: int = 1,
 ) -> RunSummary:
     """Back up ``plans``; Ray must be initialized. Never raises for one VM's failure."""
     started = time.perf_counter()
@@ -155,7 +157,7 @@ def run_backup(
         index = DedupIndex.start(location, shards=dedup_shards, lease_s=lease_s)
         progress = _ProgressSink.start() if on_progress is not None else None
         task = ray.remote(backup_disk).options(
-            **disk_task_options(placement_limits(cfg.placement)), max_retries=1
+            **disk_task_options(placement_limits(cfg.placement)), max_retries=task_retries
         )
         slots = max(1, int(ray.cluster_resources().get("backup_slots", 1)))
         parallel = max_parallel_vms or slots

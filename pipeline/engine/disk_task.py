@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pipeline.engine.dedup import KNOWN, MINE, THEIRS, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
 from pipeline.source.base import ChangeIdInvalidError, DiskSource
-from pipeline.store.chunks import PackWriter, encode_chunk
+from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
 from pipeline.store.manifest import DiskManifest, merge_manifest
 
 READ_RUN = 8 << 20  # one read: large enough for a datastore to stream, small enough to bound memory
@@ -176,8 +177,7 @@ class _DiskRun:
             self.job = _without_previous(self.job)
         offsets = block_offsets(extents, self.block_size, self.capacity)
         try:
-            for batch in self._batches(offsets):
-                self._process(batch)
+            self._pipeline(self._batches(offsets))
             self._seal_and_upload(self.writer.seal())
             self._wait_uploads()
             self._settle_waiting()
@@ -244,46 +244,69 @@ class _DiskRun:
         self.clock.add("hash", time.perf_counter() - start, len(block))
         return None if cid == zero else cid
 
-    def _encode(self, block: memoryview):  # noqa: ANN202 - EncodedChunk
+    def _encode(self, block: memoryview) -> EncodedChunk:
         start = time.perf_counter()
         encoded = encode_chunk(block, self.level)
         self.clock.add("compress", time.perf_counter() - start, len(block))
         return encoded
 
-    def _process(self, batch: list[tuple[int, memoryview]]) -> None:
-        ids = list(self.pool.map(self._hash, (b for _, b in batch)))
-        nonzero = [(off, blk, cid) for (off, blk), cid in zip(batch, ids, strict=True) if cid is not None]
+    def _pipeline(self, batches: Iterator[list[tuple[int, memoryview]]]) -> None:
+        """Three batches in flight: hashing batch k overlaps the dedup claim and compression of
+        batch k-1 and the packing of batch k-2, so the pool never idles on an actor round trip."""
+        hashing: deque[tuple[list[tuple[int, memoryview]], list[Future[bytes | None]]]] = deque()
+        compressing: deque[list[tuple[bytes, memoryview, Future[EncodedChunk]]]] = deque()
+        for batch in batches:
+            hashing.append((batch, [self.pool.submit(self._hash, blk) for _, blk in batch]))
+            if len(hashing) > 1:
+                compressing.append(self._claim(*hashing.popleft()))
+            if len(compressing) > 1:
+                self._pack(compressing.popleft())
+        while hashing:
+            compressing.append(self._claim(*hashing.popleft()))
+        while compressing:
+            self._pack(compressing.popleft())
+
+    def _claim(
+        self, batch: list[tuple[int, memoryview]], hashes: list[Future[bytes | None]]
+    ) -> list[tuple[bytes, memoryview, Future[EncodedChunk]]]:
+        """Record the batch's ids, claim the new ones, start compressing those this task uploads."""
+        ids = [f.result() for f in hashes]
+        unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a batch is claimed once
+        nonzero = 0
         for (off, blk), cid in zip(batch, ids, strict=True):
             self.changed[off] = cid
             self.counts["bytes_read"] += len(blk)
             self.counts["blocks_read"] += 1
             if cid is None:
                 self.counts["zero_blocks"] += 1
+            else:
+                nonzero += 1
+                unique.setdefault(cid, (off, blk))
         if self.progress is not None:
-            self.progress(self.job.disk_key, sum(len(b) for _, b in batch))
-        if not nonzero:
-            return
-        # a block seen twice in one batch is claimed once
-        unique: dict[bytes, tuple[int, memoryview]] = {}
-        for off, blk, cid in nonzero:
-            unique.setdefault(cid, (off, blk))
+            self.progress(f"{self.job.vm_id}/{self.job.disk_key}", sum(len(b) for _, b in batch))
+        if not unique:
+            return []
         with self.clock.stage("dedup"):
             codes = self.index.claim(list(unique), self.owner)
         new = []
         for (cid, (off, blk)), code in zip(unique.items(), codes, strict=True):
             if code == MINE:
-                new.append((cid, blk))
+                new.append((cid, blk, self.pool.submit(self._encode, blk)))
             elif code == THEIRS:
                 self.waiting.setdefault(cid, []).append(off)
-        self.counts["dedup_blocks"] += len(nonzero) - len(new)
-        self._upload_new(new)
+        self.counts["dedup_blocks"] += nonzero - len(new)
+        return new
 
-    def _upload_new(self, new: list[tuple[bytes, memoryview]]) -> None:
-        for (cid, blk), encoded in zip(new, self.pool.map(self._encode, (b for _, b in new)), strict=True):
+    def _pack(self, new: list[tuple[bytes, memoryview, Future[EncodedChunk]]]) -> None:
+        for cid, blk, future in new:
+            encoded = future.result()
             self.counts["new_chunks"] += 1
             self.counts["new_bytes"] += len(blk)
             self.counts["stored_bytes"] += len(encoded.payload)
             self._seal_and_upload(self.writer.add(cid, encoded))
+
+    def _upload_new(self, new: list[tuple[bytes, memoryview]]) -> None:
+        self._pack([(cid, blk, self.pool.submit(self._encode, blk)) for cid, blk in new])
 
     def _seal_and_upload(self, sealed) -> None:  # noqa: ANN001 - SealedPack | None
         if sealed is None:

@@ -74,3 +74,12 @@ def synthetic_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
 @contextmanager
 def _ready(prepared: PreparedVm) -> Iterator[PreparedVm]:
     yield prepared
+
+
+def build_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
+    """The plans of a job, for whatever source it names."""
+    if cfg.source == "synthetic":
+        return synthetic_plans(cfg, repo)
+    from pipeline.engine.vsphere_plans import vsphere_plans
+
+    return vsphere_plans(cfg, repo)

@@ -21,7 +21,7 @@ from pipeline.source.base import ChangeIdInvalidError, SourceError
 GRAIN = 64 << 10  # content is generated in 64 KiB grains so any block size sees the same bytes
 CHANGE_UNIT = 1 << 20  # changes come in aligned 1 MiB regions, as guest writes cluster on real disks
 _PER_UNIT = CHANGE_UNIT // GRAIN
-_DUP_POOL = 8  # distinct contents shared by every duplicate grain: they deduplicate across disks
+_DUP_POOL = 8  # distinct region contents shared by every duplicate region
 _ALPHABET = bytes(97 + (i % 16) for i in range(256))  # 4 bits of entropy per byte: compresses ~2x
 
 
@@ -86,10 +86,12 @@ class SyntheticSource:
         return 0
 
     def _kind(self, grain: int, version: int) -> str:
+        """Class of the grain's region: regions, not grains, are zero or duplicate, so blocks are too."""
         d = self.disk
-        u = _unit(d.seed, grain, version, 2)
+        region = grain // _PER_UNIT
+        u = _unit(d.seed, region, version, 2)
         if version > 0 and u < d.zero_share:
-            u = d.zero_share + u  # a rewritten grain is data: changes of zeros to zeros are not changes
+            u = d.zero_share + u * (1 - d.zero_share)  # a rewritten region holds data, not zeros
         if u < d.zero_share:
             return "zero"
         u -= d.zero_share
@@ -104,8 +106,9 @@ class SyntheticSource:
         if kind == "zero":
             return bytes(GRAIN)
         if kind == "duplicate":
-            pick = int(_unit(self.disk.seed, grain, version, 3) * _DUP_POOL)
-            return blake3.blake3(b"dup%d" % pick).digest(length=GRAIN)
+            # every duplicate region is one of a few shared contents: they deduplicate, across disks too
+            pick = int(_unit(self.disk.seed, grain // _PER_UNIT, version, 3) * _DUP_POOL)
+            return blake3.blake3(b"dup%d:%d" % (pick, grain % _PER_UNIT)).digest(length=GRAIN)
         data = blake3.blake3(b"%d:%d:%d" % (self.disk.seed, grain, version)).digest(length=GRAIN)
         if kind == "compressible":
             # half text-like, half zero: like a partly used file-system block
