@@ -1,0 +1,230 @@
+"""The ``vmpump`` command line.
+
+Every user mistake ends as ``error: <cause> — <hint>`` on stderr and a non-zero exit; a traceback
+only with ``--debug``. Heavy imports (Ray, pyvmomi) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.errors import UsageError, VmpumpError
+
+if TYPE_CHECKING:
+    from pipeline.store.backend import ObjectStore
+
+app = typer.Typer(
+    name="vmpump",
+    help="Image-level backup of VMware vSphere VMs to object storage, as a Ray pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+_state = {"debug": False}
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="job YAML file", exists=False)
+RepoOpt = typer.Option(
+    None, "--repo", help="repository URL (file:///path or s3://bucket/prefix); overrides the config"
+)
+EndpointOpt = typer.Option(None, "--endpoint-url", help="S3 endpoint URL (MinIO, Ceph RGW, ...)")
+RegionOpt = typer.Option(None, "--region", help="S3 region")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"vmpump {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    _state["debug"] = debug
+
+
+def open_repository_store(
+    config: Path | None, repo: str | None, endpoint_url: str | None, region: str | None
+) -> ObjectStore:
+    """The object store named by ``--repo`` or by the job config's repository section."""
+    if repo is None and config is None:
+        raise UsageError("no repository given", "pass --repo URL or --config job.yaml")
+    addressing_style = None
+    if repo is None:
+        from pipeline.config import load_config
+
+        cfg = load_config(config)  # type: ignore[arg-type]
+        repo = cfg.repository.url
+        endpoint_url = endpoint_url or cfg.repository.endpoint_url
+        region = region or cfg.repository.region
+        addressing_style = cfg.repository.addressing_style
+    from pipeline.store.backend import open_store
+
+    return open_store(repo, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style)
+
+
+@app.command()
+def init(
+    config: Path | None = ConfigOpt,
+    repo: str | None = RepoOpt,
+    endpoint_url: str | None = EndpointOpt,
+    region: str | None = RegionOpt,
+    block_size: str = typer.Option("1MiB", help="block size, a power of two from 256KiB to 8MiB"),
+    compression_level: int = typer.Option(3, help="zstd level (1-19)"),
+) -> None:
+    """Create a new, empty repository."""
+    from pipeline.config import BackupConfig
+    from pipeline.store.repository import Repository
+
+    if config is not None:
+        from pipeline.config import load_config
+
+        backup = load_config(config).backup
+    else:
+        try:
+            backup = BackupConfig(block_size=block_size, compression_level=compression_level)
+        except ValueError as exc:
+            raise UsageError(
+                f"invalid option: {str(exc).splitlines()[-1].strip()}", "see vmpump init --help"
+            ) from None
+    store = open_repository_store(config, repo, endpoint_url, region)
+    r = Repository.init(
+        store,
+        block_size=backup.block_size,
+        compression_level=backup.compression_level,
+        pack_size=backup.pack_size,
+    )
+    out.print(f"created repository {r.config.repo_id} (block size {r.config.block_size} bytes)")
+
+
+@app.command()
+def points(
+    config: Path | None = ConfigOpt,
+    repo: str | None = RepoOpt,
+    endpoint_url: str | None = EndpointOpt,
+    region: str | None = RegionOpt,
+) -> None:
+    """List restore points."""
+    store = open_repository_store(config, repo, endpoint_url, region)
+    from pipeline.store.repository import Repository
+
+    r = Repository.open(store)
+    table = Table("id", "vm", "created (UTC)", "disks", "consistency", "size")
+    for p in r.restore_points():
+        size = sum(d.capacity for d in p.disks)
+        table.add_row(
+            p.id[:12],
+            p.vm.name,
+            p.created.strftime("%Y-%m-%d %H:%M:%S"),
+            str(len(p.disks)),
+            p.consistency,
+            _human(size),
+        )
+    out.print(table)
+
+
+@app.command()
+def backup(
+    config: Path = typer.Option(..., "--config", "-c", help="job YAML file"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and touch nothing"),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="join this Ray cluster (default: start a local one)"
+    ),
+) -> None:
+    """Back up the job's VMs: full the first time, CBT-incremental after."""
+    from pipeline.config import load_config
+    from pipeline.engine.plans import build_plans
+
+    cfg = load_config(config)
+    store = open_repository_store(config, None, None, None)
+    from pipeline.store.repository import Repository
+
+    repo = Repository.open(store)
+    plans = build_plans(cfg, repo)
+    if not plans:
+        raise UsageError("the job selects no VM", "check selection.vms and selection.exclude in the job file")
+    if dry_run:
+        _print_plan(plans)
+        return
+    from pipeline.engine.backup import ensure_ray, run_backup
+    from pipeline.engine.console import BackupProgress, print_summary
+
+    ensure_ray(cfg, ray_address)
+    with BackupProgress(out, plans) as progress:
+        summary = run_backup(cfg, plans, on_progress=progress.advance)
+    print_summary(out, summary)
+    if summary.failed:
+        raise BackupFailed(
+            f"{len(summary.failed)} of {len(summary.outcomes)} VMs failed and got no restore point",
+            "see the errors above; rerun the job to retry them (uploaded data is reused)",
+        )
+
+
+class BackupFailed(VmpumpError):
+    exit_code = 3
+
+
+def _print_plan(plans: list) -> None:  # noqa: ANN001 - VmPlan
+    table = Table("vm", "disks", "capacity", "kind", title="backup plan (dry run)")
+    for p in plans:
+        table.add_row(
+            p.name, ", ".join(p.disks), _human(p.capacity), "incremental" if p.incremental else "full"
+        )
+    out.print(table)
+    out.print(f"{len(plans)} VMs, {_human(sum(p.capacity for p in plans))} provisioned")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    """Console entry point: run the app and turn errors into one line."""
+    try:
+        app(standalone_mode=False)
+    except VmpumpError as exc:
+        if _state["debug"]:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _state["debug"]:
+            raise
+        Console(stderr=True).print(
+            f"error: internal error {type(exc).__name__}: {exc} — rerun with --debug and report it",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The global chunk index during a run, sharded over Ray actors by the first byte of the chunk id.
+
+Workers send ids in batches, never bytes. A new id is *claimed* by the first worker that asks, so
+two workers never upload the same chunk; the others wait for it to become durable at the end of
+their disk. Claims carry a lease the owner renews: when an owner dies (a killed worker), its claims
+expire and pass to whoever is waiting, who then re-reads and uploads those blocks itself.
+
+A chunk counts as known only once its pack is uploaded and its index entry is in a shard; ``flush``
+writes the shard's new entries as an index segment, and the driver flushes every shard before it
+commits a restore point, so a committed point never references a chunk the index cannot find.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ray
+
+from pipeline.store.backend import open_store
+from pipeline.store.chunks import IndexEntry
+from pipeline.store.repository import Repository
+
+KNOWN, MINE, THEIRS = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RepoLocation:
+    """Where the repository is; every process opens it for itself (nothing heavy is pickled)."""
+
+    url: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None
+
+    def open(self) -> Repository:
+        return Repository.open(
+            open_store(
+                self.url,
+                endpoint_url=self.endpoint_url,
+                region=self.region,
+                addressing_style=self.addressing_style,
+            )
+        )
+
+
+class DedupShard:
+    """One shard of the index: the known ids whose first byte maps here, and the live claims."""
+
+    def __init__(self, location: RepoLocation, shard: int, shards: int, lease_s: float) -> None:
+        self.repo = location.open()
+        self.shard, self.shards, self.lease_s = shard, shards, lease_s
+        self.known: set[bytes] = {
+            cid for cid in self.repo.known_chunk_ids().to_pylist() if cid[0] % shards == shard
+        }
+        self.claims: dict[bytes, str] = {}
+        self.leases: dict[str, float] = {}
+        self.pending: list[IndexEntry] = []
+
+    def size(self) -> int:
+        return len(self.known)
+
+    def _alive(self, owner: str) -> bool:
+        return self.leases.get(owner, 0.0) > time.monotonic()
+
+    def renew(self, owner: str) -> None:
+        self.leases[owner] = time.monotonic() + self.lease_s
+
+    def claim(self, ids: Sequence[bytes], owner: str) -> list[int]:
+        """For each id: KNOWN (durable), MINE (upload it) or THEIRS (another live owner uploads it)."""
+        self.renew(owner)
+        out = []
+        for cid in ids:
+            if cid in self.known:
+                out.append(KNOWN)
+                continue
+            holder = self.claims.get(cid)
+            if holder is None or holder == owner or not self._alive(holder):
+                self.claims[cid] = owner
+                out.append(MINE)
+            else:
+                out.append(THEIRS)
+        return out
+
+    def add_entries(self, entries: Sequence[IndexEntry], owner: str) -> None:
+        """Entries of a pack that is durable in the object store: its chunks are known from now on."""
+        self.renew(owner)
+        for e in entries:
+            if e.chunk_id not in self.known:
+                self.known.add(e.chunk_id)
+                self.pending.append(e)
+            self.claims.pop(e.chunk_id, None)
+
+    def release(self, owner: str) -> None:
+        """The owner is done (or gave up): drop whatever it still claims."""
+        for cid in [c for c, o in self.claims.items() if o == owner]:
+            del self.claims[cid]
+        self.leases.pop(owner, None)
+
+    def flush(self) -> str | None:
+        """Write the entries added since the last flush as one index segment; its key or None."""
+        if not self.pending:
+            return None
+        entries, self.pending = self.pending, []
+        try:
+            return self.repo.write_index_segment(entries)
+        except BaseException:
+            self.pending = entries + self.pending
+            raise
+
+
+class DedupIndex:
+    """Client side: routes ids to their shard and batches the calls."""
+
+    def __init__(self, shards: list[ray.actor.ActorHandle]) -> None:
+        self.shards = shards
+
+    @classmethod
+    def start(cls, location: RepoLocation, shards: int = 2, lease_s: float = 30.0) -> DedupIndex:
+        actor = ray.remote(num_cpus=0, max_restarts=0)(DedupShard)
+        handles = [actor.remote(location, i, shards, lease_s) for i in range(shards)]
+        ray.get([h.size.remote() for h in handles])  # fail here, clearly, if the index cannot load
+        return cls(handles)
+
+    def _route(self, ids: Sequence[bytes]) -> list[list[int]]:
+        groups: list[list[int]] = [[] for _ in self.shards]
+        for i, cid in enumerate(ids):
+            groups[cid[0] % len(self.shards)].append(i)
+        return groups
+
+    def claim(self, ids: Sequence[bytes], owner: str) -> list[int]:
+        groups = self._route(ids)
+        refs = {s: self.shards[s].claim.remote([ids[i] for i in g], owner) for s, g in enumerate(groups) if g}
+        out = [KNOWN] * len(ids)
+        for s, answer in zip(refs, ray.get(list(refs.values())), strict=True):
+            for i, code in zip(groups[s], answer, strict=True):
+                out[i] = code
+        return out
+
+    def add_entries(self, entries: Sequence[IndexEntry], owner: str) -> None:
+        groups = self._route([e.chunk_id for e in entries])
+        ray.get(
+            [
+                self.shards[s].add_entries.remote([entries[i] for i in g], owner)
+                for s, g in enumerate(groups)
+                if g
+            ]
+        )
+
+    def renew(self, owner: str) -> None:
+        ray.get([s.renew.remote(owner) for s in self.shards])
+
+    def release(self, owner: str) -> None:
+        ray.get([s.release.remote(owner) for s in self.shards])
+
+    def flush(self) -> list[str]:
+        return [k for k in ray.get([s.flush.remote() for s in self.shards]) if k]
+
+    def size(self) -> int:
+        return sum(ray.get([s.size.remote() for s in self.shards]))
+
+    def stop(self) -> None:
+        for s in self.shards:
+            ray.kill(s)

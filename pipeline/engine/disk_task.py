@@ -1,0 +1,403 @@
+"""One disk, read → hash → dedup → compress → pack → upload, inside one worker process.
+
+A disk's bytes never leave this process except inside finished packs: the Ray task receives a
+recipe for its source and returns a small ``DiskResult``. Inside, a reader thread keeps the next
+reads in flight, a small thread pool hashes and compresses (blake3 and zstd release the GIL), and
+an upload pool overlaps pack uploads. Bounded queues bound memory: about
+``READ_AHEAD × READ_RUN + BATCH_BYTES + (UPLOADS_IN_FLIGHT + 1) × pack_size`` per task, whatever
+the disk size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.engine.dedup import KNOWN, MINE, THEIRS, DedupIndex, RepoLocation
+from pipeline.engine.stats import StageClock
+from pipeline.extents import Extent, block_offsets, block_runs
+from pipeline.source.base import ChangeIdInvalidError, DiskSource
+from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
+from pipeline.store.manifest import DiskManifest, merge_manifest
+
+READ_RUN = 8 << 20  # one read: large enough for a datastore to stream, small enough to bound memory
+READ_AHEAD = 2
+BATCH_BYTES = 16 << 20
+UPLOADS_IN_FLIGHT = 2
+
+
+class SourceSpec(Protocol):
+    """A picklable recipe that opens the disk source inside the worker."""
+
+    def open(self) -> DiskSource: ...
+
+
+@dataclass(frozen=True)
+class DiskJob:
+    vm_name: str
+    vm_id: str
+    disk_key: str
+    label: str
+    source: SourceSpec
+    since: str | None = None  # change marker of the previous restore point of this disk
+    previous_manifest: str | None = None
+    extents: tuple[Extent, ...] | None = None  # precomputed changed extents; None: ask the source
+    full_read_reason: str | None = None  # why the driver decided to read in full, if it did
+
+
+@dataclass
+class DiskResult:
+    vm_name: str
+    disk_key: str
+    label: str
+    capacity: int
+    manifest_key: str
+    change_id: str | None
+    full_read: bool
+    full_read_reason: str | None
+    bytes_read: int = 0
+    blocks_read: int = 0
+    zero_blocks: int = 0
+    dedup_blocks: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0  # plaintext bytes of chunks this task uploaded
+    stored_bytes: int = 0  # what they took in packs
+    packs: int = 0
+    wall_s: float = 0.0
+    stats: StageClock = field(default_factory=StageClock)
+
+
+def backup_disk(
+    job: DiskJob,
+    location: RepoLocation,
+    index: DedupIndex,
+    *,
+    threads: int = 2,
+    progress: Callable[[str, int], None] | None = None,
+    lease_s: float = 30.0,
+) -> DiskResult:
+    """Back up one disk; returns where its manifest is. Raises on any failure: nothing is committed here."""
+    started = time.perf_counter()
+    owner = f"{job.disk_key}:{uuid.uuid4().hex}"
+    repo = location.open()
+    source = job.source.open()
+    stop_heartbeat = threading.Event()
+    heartbeat = threading.Thread(
+        target=_renew_claims, args=(index, owner, lease_s, stop_heartbeat), daemon=True
+    )
+    heartbeat.start()
+    try:
+        run = _DiskRun(job, repo, source, index, owner, threads, progress)
+        run.execute()
+        manifest_key = run.write_manifest()
+        result = run.result(manifest_key)
+    finally:
+        stop_heartbeat.set()
+        source.close()
+        index.release(owner)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _renew_claims(index: DedupIndex, owner: str, lease_s: float, stop: threading.Event) -> None:
+    while not stop.wait(lease_s / 3):
+        try:
+            index.renew(owner)
+        except Exception:  # the run is failing anyway; the main thread reports why
+            return
+
+
+class _DiskRun:
+    def __init__(
+        self,
+        job: DiskJob,
+        repo,  # noqa: ANN001 - pipeline.store.repository.Repository
+        source: DiskSource,
+        index: DedupIndex,
+        owner: str,
+        threads: int,
+        progress: Callable[[str, int], None] | None,
+    ) -> None:
+        self.job, self.repo, self.source, self.index, self.owner = job, repo, source, index, owner
+        self.block_size: int = repo.config.block_size
+        self.level: int = repo.config.compression_level
+        self.capacity = source.capacity
+        self.zero_id: bytes = repo.chunk_id(bytes(self.block_size))
+        self.progress = progress
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="vmpump-cpu")
+        self.uploads = ThreadPoolExecutor(UPLOADS_IN_FLIGHT, thread_name_prefix="vmpump-upload")
+        self.upload_slots = threading.Semaphore(UPLOADS_IN_FLIGHT)
+        self.in_flight: list[Future[None]] = []
+        self.writer: PackWriter = repo.pack_writer()
+        self.clock = StageClock()
+        self.changed: dict[int, bytes | None] = {}
+        self.waiting: dict[bytes, list[int]] = {}  # chunk id → offsets whose upload another owner claimed
+        self.full_read = job.previous_manifest is None
+        self.full_read_reason = job.full_read_reason
+        self.counts = dict.fromkeys(
+            (
+                "bytes_read",
+                "blocks_read",
+                "zero_blocks",
+                "dedup_blocks",
+                "new_chunks",
+                "new_bytes",
+                "stored_bytes",
+                "packs",
+            ),
+            0,
+        )
+
+    # -- planning -------------------------------------------------------------------------
+
+    def _extents(self) -> list[Extent]:
+        if self.job.extents is not None:
+            return list(self.job.extents)
+        since = self.job.since if self.job.previous_manifest is not None else None
+        try:
+            return self.source.changed_extents(since)
+        except ChangeIdInvalidError as exc:
+            self.full_read = True
+            self.full_read_reason = f"changed areas unavailable ({exc.cause}); read in full"
+            return self.source.changed_extents(None)
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def execute(self) -> None:
+        extents = self._extents()
+        if self.full_read and self.job.previous_manifest is not None:
+            # a full read that replaces everything: blocks not read are holes, not "unchanged"
+            self.job = _without_previous(self.job)
+        offsets = block_offsets(extents, self.block_size, self.capacity)
+        try:
+            self._pipeline(self._batches(offsets))
+            self._seal_and_upload(self.writer.seal())
+            self._wait_uploads()
+            self._settle_waiting()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.uploads.shutdown(wait=True, cancel_futures=True)
+
+    def _batches(self, offsets: list[int]) -> Iterator[list[tuple[int, memoryview]]]:
+        """Blocks in read order, grouped in batches of about BATCH_BYTES; reads run ahead in a thread."""
+        blocks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+        stop = threading.Event()
+
+        def read_all() -> None:
+            try:
+                for run in block_runs(offsets, self.block_size, max(READ_RUN, self.block_size)):
+                    length = min(run.length, self.capacity - run.offset)
+                    with self.clock.stage("source_read", length):
+                        data = memoryview(self.source.read(run.offset, length))
+                    if len(data) != length:
+                        raise RuntimeError(f"source returned {len(data)} bytes for a {length}-byte read")
+                    while not stop.is_set():
+                        try:
+                            blocks.put((run.offset, data), timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                blocks.put(None)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                blocks.put(exc)
+
+        reader = threading.Thread(target=read_all, name="vmpump-reader", daemon=True)
+        reader.start()
+        batch: list[tuple[int, memoryview]] = []
+        batch_bytes = 0
+        try:
+            while True:
+                item = blocks.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                base, data = item
+                for start in range(0, len(data), self.block_size):
+                    block = data[start : start + self.block_size]
+                    batch.append((base + start, block))
+                    batch_bytes += len(block)
+                    if batch_bytes >= BATCH_BYTES:
+                        yield batch
+                        batch, batch_bytes = [], 0
+            if batch:
+                yield batch
+        finally:
+            stop.set()
+            reader.join(timeout=5)
+
+    def _hash(self, block: memoryview) -> bytes | None:
+        """The chunk id, or None for an all-zero block (a hole)."""
+        start = time.perf_counter()
+        cid = self.repo.chunk_id(block)
+        # Comparing ids is the cheap zero test: hashing runs at GB/s, a Python byte compare does not.
+        zero = self.zero_id if len(block) == self.block_size else self.repo.chunk_id(bytes(len(block)))
+        self.clock.add("hash", time.perf_counter() - start, len(block))
+        return None if cid == zero else cid
+
+    def _encode(self, block: memoryview) -> EncodedChunk:
+        start = time.perf_counter()
+        encoded = encode_chunk(block, self.level)
+        self.clock.add("compress", time.perf_counter() - start, len(block))
+        return encoded
+
+    def _pipeline(self, batches: Iterator[list[tuple[int, memoryview]]]) -> None:
+        """Three batches in flight: hashing batch k overlaps the dedup claim and compression of
+        batch k-1 and the packing of batch k-2, so the pool never idles on an actor round trip."""
+        hashing: deque[tuple[list[tuple[int, memoryview]], list[Future[bytes | None]]]] = deque()
+        compressing: deque[list[tuple[bytes, memoryview, Future[EncodedChunk]]]] = deque()
+        for batch in batches:
+            hashing.append((batch, [self.pool.submit(self._hash, blk) for _, blk in batch]))
+            if len(hashing) > 1:
+                compressing.append(self._claim(*hashing.popleft()))
+            if len(compressing) > 1:
+                self._pack(compressing.popleft())
+        while hashing:
+            compressing.append(self._claim(*hashing.popleft()))
+        while compressing:
+            self._pack(compressing.popleft())
+
+    def _claim(
+        self, batch: list[tuple[int, memoryview]], hashes: list[Future[bytes | None]]
+    ) -> list[tuple[bytes, memoryview, Future[EncodedChunk]]]:
+        """Record the batch's ids, claim the new ones, start compressing those this task uploads."""
+        ids = [f.result() for f in hashes]
+        unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a batch is claimed once
+        nonzero = 0
+        for (off, blk), cid in zip(batch, ids, strict=True):
+            self.changed[off] = cid
+            self.counts["bytes_read"] += len(blk)
+            self.counts["blocks_read"] += 1
+            if cid is None:
+                self.counts["zero_blocks"] += 1
+            else:
+                nonzero += 1
+                unique.setdefault(cid, (off, blk))
+        if self.progress is not None:
+            self.progress(f"{self.job.vm_id}/{self.job.disk_key}", sum(len(b) for _, b in batch))
+        if not unique:
+            return []
+        with self.clock.stage("dedup"):
+            codes = self.index.claim(list(unique), self.owner)
+        new = []
+        for (cid, (off, blk)), code in zip(unique.items(), codes, strict=True):
+            if code == MINE:
+                new.append((cid, blk, self.pool.submit(self._encode, blk)))
+            elif code == THEIRS:
+                self.waiting.setdefault(cid, []).append(off)
+        self.counts["dedup_blocks"] += nonzero - len(new)
+        return new
+
+    def _pack(self, new: list[tuple[bytes, memoryview, Future[EncodedChunk]]]) -> None:
+        for cid, blk, future in new:
+            encoded = future.result()
+            self.counts["new_chunks"] += 1
+            self.counts["new_bytes"] += len(blk)
+            self.counts["stored_bytes"] += len(encoded.payload)
+            self._seal_and_upload(self.writer.add(cid, encoded))
+
+    def _upload_new(self, new: list[tuple[bytes, memoryview]]) -> None:
+        self._pack([(cid, blk, self.pool.submit(self._encode, blk)) for cid, blk in new])
+
+    def _seal_and_upload(self, sealed) -> None:  # noqa: ANN001 - SealedPack | None
+        if sealed is None:
+            return
+        self._reap_uploads()
+        self.upload_slots.acquire()
+        self.counts["packs"] += 1
+        self.in_flight.append(self.uploads.submit(self._upload, sealed))
+
+    def _upload(self, sealed) -> None:  # noqa: ANN001 - SealedPack
+        try:
+            start = time.perf_counter()
+            entries = self.writer.upload(sealed)
+            self.clock.add("target_write", time.perf_counter() - start, sum(e.length for e in entries))
+            with self.clock.stage("dedup"):
+                self.index.add_entries(entries, self.owner)
+        finally:
+            self.upload_slots.release()
+
+    def _reap_uploads(self) -> None:
+        done = [f for f in self.in_flight if f.done()]
+        for f in done:
+            self.in_flight.remove(f)
+            f.result()  # an upload error surfaces here
+
+    def _wait_uploads(self) -> None:
+        for f in self.in_flight:
+            f.result()
+        self.in_flight.clear()
+
+    def _settle_waiting(self) -> None:
+        """Wait until chunks another owner claimed are durable; take over those whose owner died."""
+        delay = 0.05
+        while self.waiting:
+            codes = self.index.claim(list(self.waiting), self.owner)
+            mine = []
+            for (cid, offs), code in zip(list(self.waiting.items()), codes, strict=True):
+                if code == KNOWN:
+                    del self.waiting[cid]
+                elif code == MINE:
+                    mine.append((cid, offs[0]))
+                    del self.waiting[cid]
+            for cid, off in mine:  # the claimer died: read the block again and upload it ourselves
+                length = min(self.block_size, self.capacity - off)
+                with self.clock.stage("source_read", length):
+                    blk = memoryview(self.source.read(off, length))
+                if self.repo.chunk_id(blk) != cid:
+                    raise RuntimeError(f"block at offset {off} changed under a snapshot read")
+                self._upload_new([(cid, blk)])
+            if mine:
+                self._seal_and_upload(self.writer.seal())
+                self._wait_uploads()
+            if self.waiting:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # -- results --------------------------------------------------------------------------
+
+    def write_manifest(self) -> str:
+        job = self.job
+        if job.previous_manifest is not None and not self.full_read:
+            previous = self.repo.read_manifest(job.previous_manifest)
+            manifest = merge_manifest(
+                previous, self.changed, capacity=self.capacity, change_id=self.source.change_id
+            )
+        else:
+            manifest = DiskManifest.from_blocks(
+                disk_key=job.disk_key,
+                capacity=self.capacity,
+                block_size=self.block_size,
+                change_id=self.source.change_id,
+                blocks={off: cid for off, cid in self.changed.items() if cid is not None},
+            )
+        return self.repo.write_manifest(manifest)
+
+    def result(self, manifest_key: str) -> DiskResult:
+        return DiskResult(
+            vm_name=self.job.vm_name,
+            disk_key=self.job.disk_key,
+            label=self.job.label,
+            capacity=self.capacity,
+            manifest_key=manifest_key,
+            change_id=self.source.change_id,
+            full_read=self.full_read,
+            full_read_reason=self.full_read_reason,
+            stats=self.clock,
+            **self.counts,
+        )
+
+
+def _without_previous(job: DiskJob) -> DiskJob:
+    from dataclasses import replace
+
+    return replace(job, previous_manifest=None)
