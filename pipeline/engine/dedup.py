@@ -110,6 +110,20 @@ class DedupShard:
             raise
 
 
+@dataclass
+class ClaimTicket:
+    count: int
+    groups: list[list[int]]
+    refs: dict[int, ray.ObjectRef]
+
+    def result(self) -> list[int]:
+        out = [KNOWN] * self.count
+        for s, answer in zip(self.refs, ray.get(list(self.refs.values())), strict=True):
+            for i, code in zip(self.groups[s], answer, strict=True):
+                out[i] = code
+        return out
+
+
 class DedupIndex:
     """Client side: routes ids to their shard and batches the calls."""
 
@@ -130,13 +144,13 @@ class DedupIndex:
         return groups
 
     def claim(self, ids: Sequence[bytes], owner: str) -> list[int]:
+        return self.claim_async(ids, owner).result()
+
+    def claim_async(self, ids: Sequence[bytes], owner: str) -> ClaimTicket:
+        """Send the claim now, read the answer later: the caller keeps working meanwhile."""
         groups = self._route(ids)
         refs = {s: self.shards[s].claim.remote([ids[i] for i in g], owner) for s, g in enumerate(groups) if g}
-        out = [KNOWN] * len(ids)
-        for s, answer in zip(refs, ray.get(list(refs.values())), strict=True):
-            for i, code in zip(groups[s], answer, strict=True):
-                out[i] = code
-        return out
+        return ClaimTicket(len(ids), groups, refs)
 
     def add_entries(self, entries: Sequence[IndexEntry], owner: str) -> None:
         groups = self._route([e.chunk_id for e in entries])

@@ -20,7 +20,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipeline.engine.dedup import KNOWN, MINE, THEIRS, DedupIndex, RepoLocation
+import psutil
+
+from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
 from pipeline.source.base import ChangeIdInvalidError, DiskSource
@@ -71,6 +73,7 @@ class DiskResult:
     stored_bytes: int = 0  # what they took in packs
     packs: int = 0
     wall_s: float = 0.0
+    peak_rss_growth: int = 0  # resident memory the task added at its peak, bytes
     stats: StageClock = field(default_factory=StageClock)
 
 
@@ -93,6 +96,7 @@ def backup_disk(
         target=_renew_claims, args=(index, owner, lease_s, stop_heartbeat), daemon=True
     )
     heartbeat.start()
+    rss = _PeakRss()
     try:
         run = _DiskRun(job, repo, source, index, owner, threads, progress)
         run.execute()
@@ -102,8 +106,35 @@ def backup_disk(
         stop_heartbeat.set()
         source.close()
         index.release(owner)
+        rss.stop()
     result.wall_s = time.perf_counter() - started
+    result.peak_rss_growth = rss.growth
     return result
+
+
+class _PeakRss:
+    """Samples this process's resident memory: the proof that a disk task's memory is bounded."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self._proc = psutil.Process()
+        self.base = self._proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
 
 
 def _renew_claims(index: DedupIndex, owner: str, lease_s: float, stop: threading.Event) -> None:
@@ -237,42 +268,47 @@ class _DiskRun:
 
     def _hash(self, block: memoryview) -> bytes | None:
         """The chunk id, or None for an all-zero block (a hole)."""
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time: on a busy proxy, wall time would count waiting for a core
         cid = self.repo.chunk_id(block)
         # Comparing ids is the cheap zero test: hashing runs at GB/s, a Python byte compare does not.
         zero = self.zero_id if len(block) == self.block_size else self.repo.chunk_id(bytes(len(block)))
-        self.clock.add("hash", time.perf_counter() - start, len(block))
+        self.clock.add("hash", time.thread_time() - start, len(block))
         return None if cid == zero else cid
 
     def _encode(self, block: memoryview) -> EncodedChunk:
-        start = time.perf_counter()
+        start = time.thread_time()
         encoded = encode_chunk(block, self.level)
-        self.clock.add("compress", time.perf_counter() - start, len(block))
+        self.clock.add("compress", time.thread_time() - start, len(block))
         return encoded
 
     def _pipeline(self, batches: Iterator[list[tuple[int, memoryview]]]) -> None:
-        """Three batches in flight: hashing batch k overlaps the dedup claim and compression of
-        batch k-1 and the packing of batch k-2, so the pool never idles on an actor round trip."""
+        """Four batches in flight: while batch k hashes, the dedup claim of batch k-1 travels to
+        the index actors, batch k-2 compresses and batch k-3 is packed, so the CPU pool never
+        idles on an actor round trip."""
         hashing: deque[tuple[list[tuple[int, memoryview]], list[Future[bytes | None]]]] = deque()
+        claiming: deque[tuple[dict[bytes, tuple[int, memoryview]], ClaimTicket | None]] = deque()
         compressing: deque[list[tuple[bytes, memoryview, Future[EncodedChunk]]]] = deque()
         for batch in batches:
             hashing.append((batch, [self.pool.submit(self._hash, blk) for _, blk in batch]))
             if len(hashing) > 1:
-                compressing.append(self._claim(*hashing.popleft()))
+                claiming.append(self._claim(*hashing.popleft()))
+            if len(claiming) > 1:
+                compressing.append(self._compress(*claiming.popleft()))
             if len(compressing) > 1:
                 self._pack(compressing.popleft())
         while hashing:
-            compressing.append(self._claim(*hashing.popleft()))
+            claiming.append(self._claim(*hashing.popleft()))
+        while claiming:
+            compressing.append(self._compress(*claiming.popleft()))
         while compressing:
             self._pack(compressing.popleft())
 
     def _claim(
         self, batch: list[tuple[int, memoryview]], hashes: list[Future[bytes | None]]
-    ) -> list[tuple[bytes, memoryview, Future[EncodedChunk]]]:
-        """Record the batch's ids, claim the new ones, start compressing those this task uploads."""
+    ) -> tuple[dict[bytes, tuple[int, memoryview]], ClaimTicket | None]:
+        """Record the batch's ids and send the claim of its distinct non-zero ones."""
         ids = [f.result() for f in hashes]
         unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a batch is claimed once
-        nonzero = 0
         for (off, blk), cid in zip(batch, ids, strict=True):
             self.changed[off] = cid
             self.counts["bytes_read"] += len(blk)
@@ -280,21 +316,27 @@ class _DiskRun:
             if cid is None:
                 self.counts["zero_blocks"] += 1
             else:
-                nonzero += 1
+                self.counts["dedup_blocks"] += 1  # until the claim says this task uploads it
                 unique.setdefault(cid, (off, blk))
         if self.progress is not None:
             self.progress(f"{self.job.vm_id}/{self.job.disk_key}", sum(len(b) for _, b in batch))
-        if not unique:
+        return unique, self.index.claim_async(list(unique), self.owner) if unique else None
+
+    def _compress(
+        self, unique: dict[bytes, tuple[int, memoryview]], ticket: ClaimTicket | None
+    ) -> list[tuple[bytes, memoryview, Future[EncodedChunk]]]:
+        """Start compressing the blocks this task won the claim for."""
+        if ticket is None:
             return []
         with self.clock.stage("dedup"):
-            codes = self.index.claim(list(unique), self.owner)
+            codes = ticket.result()
         new = []
         for (cid, (off, blk)), code in zip(unique.items(), codes, strict=True):
             if code == MINE:
                 new.append((cid, blk, self.pool.submit(self._encode, blk)))
             elif code == THEIRS:
                 self.waiting.setdefault(cid, []).append(off)
-        self.counts["dedup_blocks"] += nonzero - len(new)
+        self.counts["dedup_blocks"] -= len(new)
         return new
 
     def _pack(self, new: list[tuple[bytes, memoryview, Future[EncodedChunk]]]) -> None:

@@ -42,8 +42,12 @@ class DiskSource(Protocol):
         """
         ...
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``offset`` (a read past the end is an error)."""
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Exactly ``length`` bytes at ``offset`` (a read past the end is an error).
+
+        A memoryview (of a page-cache mapping, say) saves a copy; callers must not keep it past
+        ``close``.
+        """
         ...
 
     def close(self) -> None: ...

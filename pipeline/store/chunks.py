@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import blake3
@@ -47,9 +48,30 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class SealedPack:
-    pack_id: str
-    data: bytes
-    entries: tuple[IndexEntry, ...]
+    """A full pack. Its bytes and name are assembled on first use, so the thread that uploads
+    it pays for the copy and the hash, not the thread that fills the next pack."""
+
+    parts: tuple[bytes, ...]
+    rows: tuple[tuple[bytes, int, int, int, str], ...]  # chunk id, offset, length, raw length, codec
+
+    @cached_property
+    def data(self) -> bytes:
+        trailer = b"".join(
+            _ENTRY.pack(cid, off, length, raw, CODEC_CODES[codec])
+            for cid, off, length, raw, codec in self.rows
+        )
+        footer = _FOOTER.pack(blake3.blake3(trailer).digest(), len(self.rows), len(trailer), PACK_MAGIC)
+        return b"".join([*self.parts, trailer, footer])
+
+    @cached_property
+    def pack_id(self) -> str:
+        return blake3.blake3(self.data).hexdigest()
+
+    @property
+    def entries(self) -> tuple[IndexEntry, ...]:
+        return tuple(
+            IndexEntry(cid, self.pack_id, off, n, raw, codec) for cid, off, n, raw, codec in self.rows
+        )
 
     @property
     def key(self) -> str:
@@ -136,18 +158,9 @@ class PackWriter:
         """The remainder as a pack (None when empty); the writer starts a fresh pack."""
         if not self._pending:
             return None
-        trailer = b"".join(
-            _ENTRY.pack(cid, off, length, raw, CODEC_CODES[codec])
-            for cid, off, length, raw, codec in self._pending
-        )
-        footer = _FOOTER.pack(blake3.blake3(trailer).digest(), len(self._pending), len(trailer), PACK_MAGIC)
-        data = b"".join([*self._parts, trailer, footer])
-        pack_id = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
-        entries = tuple(
-            IndexEntry(cid, pack_id, off, n, raw, codec) for cid, off, n, raw, codec in self._pending
-        )
+        sealed = SealedPack(tuple(self._parts), tuple(self._pending))
         self._parts, self._pending, self._ids, self._size = [], [], set(), 0
-        return SealedPack(pack_id, data, entries)
+        return sealed
 
     def upload(self, sealed: SealedPack) -> list[IndexEntry]:
         """Put the pack object (durable when this returns) and return its index entries.
@@ -155,7 +168,10 @@ class PackWriter:
         Safe to call from several threads at once; the pack's name is the BLAKE3 of its bytes, so
         uploading the same pack twice writes the same object.
         """
-        self._store.put(sealed.key, sealed.data)
+        data = sealed.data
+        self._store.put(sealed.key, data)
+        # the parts and the joined bytes are no longer needed; drop them now, not when the caller does
+        object.__setattr__(sealed, "parts", ())
         return list(sealed.entries)
 
 
