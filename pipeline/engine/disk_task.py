@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
@@ -168,7 +171,7 @@ class _DiskRun:
         self.in_flight: list[Future[None]] = []
         self.writer: PackWriter = repo.pack_writer()
         self.clock = StageClock()
-        self.changed: dict[int, bytes | None] = {}
+        self.changed = _BlockLog()
         self.waiting: dict[bytes, list[int]] = {}  # chunk id → offsets whose upload another owner claimed
         self.full_read = job.previous_manifest is None
         self.full_read_reason = job.full_read_reason
@@ -310,7 +313,7 @@ class _DiskRun:
         ids = [f.result() for f in hashes]
         unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a batch is claimed once
         for (off, blk), cid in zip(batch, ids, strict=True):
-            self.changed[off] = cid
+            self.changed.add(off, cid)
             self.counts["bytes_read"] += len(blk)
             self.counts["blocks_read"] += 1
             if cid is None:
@@ -412,15 +415,17 @@ class _DiskRun:
         if job.previous_manifest is not None and not self.full_read:
             previous = self.repo.read_manifest(job.previous_manifest)
             manifest = merge_manifest(
-                previous, self.changed, capacity=self.capacity, change_id=self.source.change_id
+                previous, self.changed.as_mapping(), capacity=self.capacity, change_id=self.source.change_id
             )
         else:
-            manifest = DiskManifest.from_blocks(
-                disk_key=job.disk_key,
+            offsets, ids = self.changed.stored_blocks()
+            manifest = DiskManifest.from_arrays(
+                job.disk_key,
                 capacity=self.capacity,
                 block_size=self.block_size,
                 change_id=self.source.change_id,
-                blocks={off: cid for off, cid in self.changed.items() if cid is not None},
+                offsets=offsets,
+                chunk_ids=ids,
             )
         return self.repo.write_manifest(manifest)
 
@@ -437,6 +442,40 @@ class _DiskRun:
             stats=self.clock,
             **self.counts,
         )
+
+
+class _BlockLog:
+    """Every block read, in read (ascending offset) order: 41 bytes a block in flat buffers, not
+    a dict of Python objects, so a multi-terabyte disk's log stays a small share of the task."""
+
+    _HOLE = bytes(32)
+
+    def __init__(self) -> None:
+        self.offsets = array("q")
+        self.ids = bytearray()
+        self.holes = bytearray()
+
+    def add(self, offset: int, chunk_id: bytes | None) -> None:
+        self.offsets.append(offset)
+        self.ids += chunk_id if chunk_id is not None else self._HOLE
+        self.holes.append(chunk_id is None)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def as_mapping(self) -> dict[int, bytes | None]:
+        return {
+            off: None if hole else bytes(self.ids[i * 32 : i * 32 + 32])
+            for i, (off, hole) in enumerate(zip(self.offsets, self.holes, strict=True))
+        }
+
+    def stored_blocks(self) -> tuple[pa.Array, pa.Array]:
+        """Offsets and ids of the non-hole blocks, as Arrow arrays (no per-block Python objects)."""
+        n = len(self.offsets)
+        offsets = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.offsets.tobytes())])
+        ids = pa.Array.from_buffers(pa.binary(32), n, [None, pa.py_buffer(bytes(self.ids))])
+        keep = pc.equal(pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(bytes(self.holes))]), 0)
+        return offsets.filter(keep), ids.filter(keep)
 
 
 def _without_previous(job: DiskJob) -> DiskJob:
