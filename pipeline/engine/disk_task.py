@@ -10,6 +10,7 @@ the disk size.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -25,12 +26,15 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
 from pipeline.source.base import ChangeIdInvalidError, DiskSource
 from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
 from pipeline.store.manifest import DiskManifest, merge_manifest
+
+log = logging.getLogger(__name__)
 
 READ_RUN = 8 << 20  # one read: large enough for a datastore to stream, small enough to bound memory
 READ_AHEAD = 2
@@ -55,6 +59,7 @@ class DiskJob:
     previous_manifest: str | None = None
     extents: tuple[Extent, ...] | None = None  # precomputed changed extents; None: ask the source
     full_read_reason: str | None = None  # why the driver decided to read in full, if it did
+    guard_share: float = 0.001  # share of unchanged blocks the CBT guard re-reads (0: no guard)
 
 
 @dataclass
@@ -76,6 +81,8 @@ class DiskResult:
     stored_bytes: int = 0  # what they took in packs
     packs: int = 0
     wall_s: float = 0.0
+    guard_sampled: int = 0  # unchanged blocks the CBT guard re-read
+    guard_mismatches: int = 0  # of which differed: CBT lied and the disk was read in full
     peak_rss_growth: int = 0  # resident memory the task added at its peak, bytes
     stats: StageClock = field(default_factory=StageClock)
 
@@ -210,6 +217,8 @@ class _DiskRun:
             # a full read that replaces everything: blocks not read are holes, not "unchanged"
             self.job = _without_previous(self.job)
         offsets = block_offsets(extents, self.block_size, self.capacity)
+        if self.job.previous_manifest is not None and self.job.guard_share > 0:
+            offsets = self._guard(offsets)
         try:
             self._pipeline(self._batches(offsets))
             self._seal_and_upload(self.writer.seal())
@@ -218,6 +227,24 @@ class _DiskRun:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.uploads.shutdown(wait=True, cancel_futures=True)
+
+    def _guard(self, offsets: list[int]) -> list[int]:
+        """Check CBT on a sample of unchanged blocks; on a lie, the offsets of a full read."""
+        assert self.job.previous_manifest is not None
+        previous = self.repo.read_manifest(self.job.previous_manifest)
+        sample = sample_unchanged(
+            offsets, self.capacity, self.block_size, self.job.guard_share, hash(self.owner)
+        )
+        with self.clock.stage("source_read", len(sample) * self.block_size):
+            guard = check_unchanged(self.source, previous, sample, self.block_size, self.repo.chunk_id)
+        self.counts["guard_sampled"] = guard.sampled
+        self.counts["guard_mismatches"] = len(guard.mismatches)
+        if not guard.lied:
+            return offsets
+        log.error("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, guard.reason())
+        self.full_read, self.full_read_reason = True, guard.reason()
+        self.job = _without_previous(self.job)
+        return block_offsets(self.source.changed_extents(None), self.block_size, self.capacity)
 
     def _batches(self, offsets: list[int]) -> Iterator[list[tuple[int, memoryview]]]:
         """Blocks in read order, grouped in batches of about BATCH_BYTES; reads run ahead in a thread."""

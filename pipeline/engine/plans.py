@@ -55,6 +55,7 @@ def synthetic_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
                     source=synthetic_disk(d, generations.get(vm_id, 0)),
                     since=old.change_id if old else None,
                     previous_manifest=old.manifest_key if old else None,
+                    guard_share=cfg.backup.cbt_guard_share,
                 )
             )
         plans.append(
