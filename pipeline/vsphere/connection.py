@@ -87,7 +87,7 @@ class Connection:
             self._login()
         except BaseException as exc:
             raise _translate(exc, endpoint) from exc
-        self.stub.relogin = self._relogin
+        self.stub.relogin = self.relogin
 
     @property
     def round_trips(self) -> int:
@@ -112,7 +112,7 @@ class Connection:
         ep = self.endpoint
         self.content.sessionManager.Login(ep.user, ep.password)
 
-    def _relogin(self) -> None:
+    def relogin(self) -> None:
         with self._relogin_lock:
             try:
                 self._login()
