@@ -81,7 +81,8 @@ def check_span(info: vim.vm.DiskChangeInfo, pos: int, capacity: int, device_key:
         a = Extent(int(area.start), int(area.length))
         if a.offset < start or a.end > start + length:
             raise CbtCoverageError(
-                f"changed area {a.offset}+{a.length} lies outside the answer's span {start}+{length} ({where})",
+                f"changed area {a.offset}+{a.length} lies outside the answer's span"
+                f" {start}+{length} ({where})",
                 hint,
             )
         if a.offset < end:

@@ -132,7 +132,7 @@ def retrieve(conn: Connection, obj_type: type, paths: list[str]) -> Iterator[tup
 
 def list_datastores(conn: Connection) -> list[DatastoreInfo]:
     dc_of: dict[str, str] = {}
-    for dc, props in retrieve(conn, vim.Datacenter, ["name", "datastore"]):
+    for _dc, props in retrieve(conn, vim.Datacenter, ["name", "datastore"]):
         for ds in props.get("datastore") or []:
             dc_of[ds._moId] = props["name"]
     out = []

@@ -24,7 +24,8 @@ def test_wrong_password_is_a_one_line_error(vcsim):
         connect(endpoint_of(vcsim, password="wrong"))
     assert isinstance(err.value, VmpumpError)
     assert str(err.value) == (
-        f"vCenter at 127.0.0.1:{vcsim.port} rejected the login of user 'vmpump' — check the user name and password"
+        f"vCenter at 127.0.0.1:{vcsim.port} rejected the login of user 'vmpump'"
+        " — check the user name and password"
     )
     assert "\n" not in str(err.value)
 
