@@ -217,9 +217,10 @@ func findByName(kind, name string) mo.Entity {
 // ---- HTTP dispatch ----
 
 var (
-	thisRe   = regexp.MustCompile(`<_this[^>]*>([^<]+)</_this>`)
-	retvalRe = regexp.MustCompile(`<returnval[^>]*>([^<]+)</returnval>`)
-	cookieRe = regexp.MustCompile(`vmware_soap_session="?([^";]+)"?`)
+	thisRe    = regexp.MustCompile(`<_this[^>]*>([^<]+)</_this>`)
+	retvalRe  = regexp.MustCompile(`<returnval[^>]*>([^<]+)</returnval>`)
+	quiesceRe = regexp.MustCompile(`<quiesce[^>]*>true</quiesce>`)
+	cookieRe  = regexp.MustCompile(`vmware_soap_session="?([^";]+)"?`)
 )
 
 func (h *harness) serve(inner http.Handler, w http.ResponseWriter, r *http.Request) {
@@ -254,6 +255,8 @@ func (h *harness) serve(inner http.Handler, w http.ResponseWriter, r *http.Reque
 		h.createSnapshot(inner, w, r, text)
 	case strings.Contains(text, "<RemoveSnapshot_Task"):
 		h.removeSnapshot(inner, w, r, text)
+	case strings.Contains(text, "<Fetch"):
+		h.fetch(inner, w, r)
 	case strings.Contains(text, "<Login"), strings.Contains(text, "<Logout"):
 		rec := httptest.NewRecorder()
 		inner.ServeHTTP(rec, r)
@@ -262,6 +265,26 @@ func (h *harness) serve(inner http.Handler, w http.ResponseWriter, r *http.Reque
 	default:
 		inner.ServeHTTP(w, r)
 	}
+}
+
+// fetch answers "no value" where vcsim 0.24 panics reading an unset property (vm.snapshot after
+// the last snapshot is removed) and would drop the connection.
+func (h *harness) fetch(inner http.Handler, w http.ResponseWriter, r *http.Request) {
+	rec := httptest.NewRecorder()
+	panicked := func() (p bool) {
+		defer func() {
+			if recover() != nil {
+				p = true
+			}
+		}()
+		inner.ServeHTTP(rec, r)
+		return false
+	}()
+	if panicked {
+		writeBody(w, http.StatusOK, `<FetchResponse xmlns="urn:vim25"></FetchResponse>`)
+		return
+	}
+	copyResponse(w, rec)
 }
 
 func copyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
@@ -345,12 +368,18 @@ func (h *harness) createSnapshot(inner http.Handler, w http.ResponseWriter, r *h
 	if m != nil {
 		vm, _ = simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: m[1]}).(*simulator.VirtualMachine)
 	}
-	if vm != nil && strings.Contains(text, "<quiesce>true</quiesce>") {
+	if vm != nil && quiesceRe.MatchString(text) {
 		h.mu.Lock()
 		fail := h.quiesceFail[vm.Name]
 		h.mu.Unlock()
 		if fail {
-			writeFault(w, "ApplicationQuiesceFault", "An error occurred while quiescing the virtual machine.", "")
+			// As on vCenter: the task is created, then ends in error.
+			task := simulator.CreateTask(vm, "createSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+				return nil, &types.ApplicationQuiesceFault{}
+			})
+			ref := task.Run()
+			writeBody(w, http.StatusOK, `<CreateSnapshot_TaskResponse xmlns="urn:vim25"><returnval type="Task">`+
+				ref.Value+`</returnval></CreateSnapshot_TaskResponse>`)
 			return
 		}
 	}
