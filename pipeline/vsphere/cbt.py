@@ -64,7 +64,9 @@ def changed_areas(
     return merge(found)
 
 
-def check_span(info: vim.vm.DiskChangeInfo, pos: int, capacity: int, device_key: int) -> list[Extent]:
+def check_span(
+    info: vim.VirtualMachine.DiskChangeInfo, pos: int, capacity: int, device_key: int
+) -> list[Extent]:
     """The answer's areas, after checking that its span starts where asked and moves forward."""
     start, length = int(info.startOffset), int(info.length)
     where = f"disk {device_key} at offset {pos}"

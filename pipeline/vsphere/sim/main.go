@@ -217,10 +217,11 @@ func findByName(kind, name string) mo.Entity {
 // ---- HTTP dispatch ----
 
 var (
-	thisRe    = regexp.MustCompile(`<_this[^>]*>([^<]+)</_this>`)
-	retvalRe  = regexp.MustCompile(`<returnval[^>]*>([^<]+)</returnval>`)
-	quiesceRe = regexp.MustCompile(`<quiesce[^>]*>true</quiesce>`)
-	cookieRe  = regexp.MustCompile(`vmware_soap_session="?([^";]+)"?`)
+	thisRe      = regexp.MustCompile(`<_this[^>]*>([^<]+)</_this>`)
+	retvalRe    = regexp.MustCompile(`<returnval[^>]*>([^<]+)</returnval>`)
+	sessionIDRe = regexp.MustCompile(`<sessionId[^>]*>([^<]+)</sessionId>`)
+	quiesceRe   = regexp.MustCompile(`<quiesce[^>]*>true</quiesce>`)
+	cookieRe    = regexp.MustCompile(`vmware_soap_session="?([^";]+)"?`)
 )
 
 func (h *harness) serve(inner http.Handler, w http.ResponseWriter, r *http.Request) {
@@ -257,6 +258,17 @@ func (h *harness) serve(inner http.Handler, w http.ResponseWriter, r *http.Reque
 		h.removeSnapshot(inner, w, r, text)
 	case strings.Contains(text, "<Fetch"):
 		h.fetch(inner, w, r)
+	case strings.Contains(text, "<TerminateSession"):
+		rec := httptest.NewRecorder()
+		inner.ServeHTTP(rec, r)
+		if rec.Code == http.StatusOK {
+			h.mu.Lock()
+			for _, m := range sessionIDRe.FindAllStringSubmatch(text, -1) {
+				delete(h.sessions, m[1])
+			}
+			h.mu.Unlock()
+		}
+		copyResponse(w, rec)
 	case strings.Contains(text, "<Login"), strings.Contains(text, "<Logout"):
 		rec := httptest.NewRecorder()
 		inner.ServeHTTP(rec, r)
