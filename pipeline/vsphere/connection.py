@@ -33,6 +33,10 @@ class VsphereConnectError(VsphereError):
     """vCenter could not be reached, or refused the login."""
 
 
+class VspherePermissionError(VsphereError):
+    """The vCenter user lacks a privilege the backup needs."""
+
+
 @dataclass(frozen=True)
 class VsphereEndpoint:
     """Where and how to log in. The password comes from the caller (config: env or file)."""
@@ -65,6 +69,12 @@ class _SessionStub(SoapStubAdapter):
             self.round_trips += 1
         try:
             return super().InvokeMethod(mo, info, args, outerStub)
+        except vim.fault.NoPermission as exc:
+            raise VspherePermissionError(
+                f"the vCenter user lacks privilege {exc.privilegeId or '?'} for {info.name}"
+                f" on {getattr(exc.object, '_moId', '?')}",
+                "grant the backup role (snapshots, disk read, change tracking) to this user",
+            ) from exc
         except vim.fault.NotAuthenticated:
             if self.relogin is None or info.name in ("Login", "Logout"):
                 raise
@@ -118,6 +128,10 @@ class Connection:
                 self._login()
             except BaseException as exc:
                 raise _translate(exc, self.endpoint) from exc
+
+    def keepalive(self) -> None:
+        """One cheap call, so a long read does not let an idle session expire."""
+        self.si.CurrentTime()
 
     def close(self) -> None:
         try:
@@ -190,6 +204,8 @@ def _open_stub(endpoint: VsphereEndpoint) -> _SessionStub:
 
 def _translate(exc: BaseException, endpoint: VsphereEndpoint) -> BaseException:
     """A user's mistake becomes one line with a hint; anything else passes through unchanged."""
+    if isinstance(exc, VmpumpError):
+        return exc
     where = f"vCenter at {endpoint.address}"
     cert_error = _find_cause(exc, ssl.SSLCertVerificationError)
     if cert_error is not None:
@@ -200,11 +216,6 @@ def _translate(exc: BaseException, endpoint: VsphereEndpoint) -> BaseException:
     if isinstance(exc, vim.fault.InvalidLogin):
         return VsphereConnectError(
             f"{where} rejected the login of user {endpoint.user!r}", "check the user name and password"
-        )
-    if isinstance(exc, vim.fault.NoPermission):
-        return VsphereConnectError(
-            f"user {endpoint.user!r} lacks privilege {exc.privilegeId or '?'} on {where}",
-            "grant the backup role (snapshots, disk read, change tracking) to this user",
         )
     network = _find_cause(exc, (OSError, http.client.HTTPException, socket.timeout))
     if network is not None or "is down or is not a VIM server" in str(exc):
