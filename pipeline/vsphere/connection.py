@@ -69,19 +69,26 @@ class _SessionStub(SoapStubAdapter):
             self.round_trips += 1
         try:
             return super().InvokeMethod(mo, info, args, outerStub)
-        except vim.fault.NoPermission as exc:
-            raise VspherePermissionError(
-                f"the vCenter user lacks privilege {exc.privilegeId or '?'} for {info.name}"
-                f" on {getattr(exc.object, '_moId', '?')}",
-                "grant the backup role (snapshots, disk read, change tracking) to this user",
-            ) from exc
-        except vim.fault.NotAuthenticated:
+        except vim.fault.NotAuthenticated:  # a subclass of NoPermission: the session expired
             if self.relogin is None or info.name in ("Login", "Logout"):
                 raise
             self.relogin()
             with self._lock:
                 self.round_trips += 1
-            return super().InvokeMethod(mo, info, args, outerStub)
+            try:
+                return super().InvokeMethod(mo, info, args, outerStub)
+            except vim.fault.NoPermission as exc:
+                raise _permission_error(info.name, exc) from exc
+        except vim.fault.NoPermission as exc:
+            raise _permission_error(info.name, exc) from exc
+
+
+def _permission_error(method: str, exc: Any) -> VspherePermissionError:
+    return VspherePermissionError(
+        f"the vCenter user lacks privilege {exc.privilegeId or '?'} for {method}"
+        f" on {getattr(exc.object, '_moId', '?')}",
+        "grant the backup role (snapshots, disk read, change tracking) to this user",
+    )
 
 
 class Connection:
