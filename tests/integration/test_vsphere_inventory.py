@@ -82,3 +82,14 @@ def test_inventory_shows_tools_cbt_and_snapshots(vcsim, vsphere_conn):
         assert seen.snapshots[0].description.startswith("vmpump:nightly:inv1:")
     vcsim.set_tools_running(name, False)
     assert load_inventory(vsphere_conn).vm(name).snapshots == ()
+
+
+def test_inventory_follows_property_collector_paging_tokens(big_sim):
+    _, one_page = _inventory_round_trips(big_sim)
+    big_sim.set_retrieve_page(3)
+    try:
+        trips, paged = _inventory_round_trips(big_sim)
+    finally:
+        big_sim.set_retrieve_page(None)
+    assert paged == one_page
+    assert trips == 12 + 6  # 20 VMs in pages of 3: six ContinueRetrievePropertiesEx calls

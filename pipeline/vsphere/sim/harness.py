@@ -211,6 +211,10 @@ class VcsimHarness:
     def set_host_cpu(self, host: str, percent: float) -> None:
         self._control("host-cpu", host=host, hundredths=str(round(percent * 100)))
 
+    def set_retrieve_page(self, objects: int | None) -> None:
+        """Make the PropertyCollector answer in pages of ``objects`` with a token; None: one page."""
+        self._control("retrieve-page", objects=str(objects or 0))
+
     def make_cbt_lie(self, mode: str | None) -> None:
         """Make QueryChangedDiskAreas lie: gap, overlap, stall, omit, outside; None to stop."""
         if mode not in (None, "gap", "overlap", "stall", "omit", "outside"):

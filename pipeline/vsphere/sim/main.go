@@ -62,6 +62,10 @@ type harness struct {
 	sessions    map[string]bool  // session cookies seen in Login responses
 	counterIDs  map[int32]string // perf counter id -> "group.name.rollup"
 	snapCount   int
+	// PropertyCollector paging (vcsim 0.24 never pages): objects per page and pending pages.
+	retrievePage int
+	pages        map[string][]string
+	pageSeq      int
 }
 
 func main() {
@@ -96,6 +100,7 @@ func main() {
 		quiesceFail: map[string]bool{},
 		sessions:    map[string]bool{},
 		counterIDs:  map[int32]string{},
+		pages:       map[string][]string{},
 	}
 	h.prepareDisks(*diskMB << 20)
 	h.loadCounters()
@@ -258,6 +263,10 @@ func (h *harness) serve(inner http.Handler, w http.ResponseWriter, r *http.Reque
 		h.removeSnapshot(inner, w, r, text)
 	case strings.Contains(text, "<Fetch"):
 		h.fetch(inner, w, r)
+	case strings.Contains(text, "<RetrievePropertiesEx"):
+		h.retrievePaged(inner, w, r)
+	case strings.Contains(text, "<ContinueRetrievePropertiesEx"):
+		h.continueRetrieve(w, text)
 	case strings.Contains(text, "<TerminateSession"):
 		rec := httptest.NewRecorder()
 		inner.ServeHTTP(rec, r)
@@ -331,6 +340,70 @@ func (h *harness) validCookie(r *http.Request) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.sessions[m[1]]
+}
+
+// ---- PropertyCollector paging ----
+
+var (
+	objectsRe = regexp.MustCompile(`(?s)<objects>.*?</objects>`)
+	tokenRe   = regexp.MustCompile(`<token[^>]*>([^<]+)</token>`)
+)
+
+// retrievePaged splits vcsim's single answer into pages with a token, as vCenter does for large
+// inventories, when the tests asked for it (control "retrieve-page").
+func (h *harness) retrievePaged(inner http.Handler, w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	per := h.retrievePage
+	h.mu.Unlock()
+	rec := httptest.NewRecorder()
+	inner.ServeHTTP(rec, r)
+	objects := objectsRe.FindAllString(rec.Body.String(), -1)
+	if per <= 0 || rec.Code != http.StatusOK || len(objects) <= per {
+		copyResponse(w, rec)
+		return
+	}
+	h.writePage(w, "RetrievePropertiesExResponse", objects)
+}
+
+func (h *harness) writePage(w http.ResponseWriter, element string, objects []string) {
+	h.mu.Lock()
+	per := h.retrievePage
+	if per <= 0 {
+		per = len(objects)
+	}
+	token := ""
+	if len(objects) > per {
+		h.pageSeq++
+		token = "vmpump-page-" + strconv.Itoa(h.pageSeq)
+		h.pages[token] = objects[per:]
+		objects = objects[:per]
+	}
+	h.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, `<%s xmlns="urn:vim25"><returnval>`, element)
+	if token != "" {
+		fmt.Fprintf(&b, "<token>%s</token>", token)
+	}
+	b.WriteString(strings.Join(objects, ""))
+	fmt.Fprintf(&b, `</returnval></%s>`, element)
+	writeBody(w, http.StatusOK, b.String())
+}
+
+func (h *harness) continueRetrieve(w http.ResponseWriter, text string) {
+	m := tokenRe.FindStringSubmatch(text)
+	h.mu.Lock()
+	var rest []string
+	ok := false
+	if m != nil {
+		rest, ok = h.pages[m[1]]
+		delete(h.pages, m[1])
+	}
+	h.mu.Unlock()
+	if !ok {
+		writeFault(w, "InvalidArgument", "unknown token", "token")
+		return
+	}
+	h.writePage(w, "ContinueRetrievePropertiesExResponse", rest)
 }
 
 // ---- snapshots ----
@@ -786,6 +859,8 @@ func (h *harness) control(w http.ResponseWriter, r *http.Request) {
 		})
 	case "quiesce-fail":
 		h.quiesceFail[q.Get("vm")] = q.Get("fail") == "1"
+	case "retrieve-page":
+		h.retrievePage, _ = strconv.Atoi(q.Get("objects"))
 	case "cbt-lie":
 		h.cbtLie = q.Get("mode")
 	case "latency":
