@@ -129,3 +129,29 @@ def test_disk_without_cbt_reads_in_full(vcsim, vsphere_conn):
             assert source.changed_extents(None) == [Extent(0, sd.capacity)]
         finally:
             source.close()
+
+
+def test_each_disk_of_a_vm_has_its_own_change_log(vcsim_factory):
+    from pipeline.vsphere.connection import connect
+    from tests.fixtures.vcsim import endpoint_of
+
+    sim = vcsim_factory(hosts=1, datastores=2, vms=1, disks_per_vm=2, disk_mb=8, cbt_page_bytes=MiB)
+    with connect(endpoint_of(sim)) as conn:
+        vm = load_inventory(conn).vm(sim.vm_names()[0])
+        enable_cbt(conn, vm.moref)
+        sim.write_disk(vm.name, 0, 0, b"a" * 4096)
+        sim.write_disk(vm.name, 1, 5 * MiB, b"b" * 8192)
+        with backup_snapshot(conn, vm.moref, run_id="two", job="t") as snap:
+            first, second = snapshot_disks(snap, vm.datacenter)
+            assert (first.device_key, second.device_key) == (2000, 2001)
+            assert first.datastore != second.datastore
+            got = [
+                changed_areas(conn, vm.moref, snap.moref, d.device_key, d.capacity, "*")
+                for d in (first, second)
+            ]
+            assert got == [[Extent(0, 4096)], [Extent(5 * MiB, 8192)]]
+            source = open_vsphere_source(conn, second)
+            try:
+                assert source.read(5 * MiB, 8192) == b"b" * 8192
+            finally:
+                source.close()

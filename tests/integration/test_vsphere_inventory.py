@@ -44,9 +44,10 @@ def test_inventory_of_twenty_vms_three_hosts_two_datastores(big_sim):
     (disk,) = vm.disks
     assert disk.key == 2000
     assert disk.capacity == 16 << 20
-    assert disk.file_name == "[LocalDS_0] DC0_C0_RP0_VM7/disk1.vmdk"
-    assert disk.datastore == "LocalDS_0"
+    assert disk.file_name == f"[{disk.datastore}] DC0_C0_RP0_VM7/disk1.vmdk"
+    assert disk.label == "Hard disk 1"
     assert disk.change_id is None
+    assert {v.disks[0].datastore for v in inv.vms} == {"LocalDS_0", "LocalDS_1"}  # spread round-robin
     with pytest.raises(dataclasses.FrozenInstanceError):
         vm.name = "other"  # type: ignore[misc]
 
@@ -93,3 +94,16 @@ def test_inventory_follows_property_collector_paging_tokens(big_sim):
         big_sim.set_retrieve_page(None)
     assert paged == one_page
     assert trips == 12 + 6  # 20 VMs in pages of 3: six ContinueRetrievePropertiesEx calls
+
+
+def test_vms_with_several_disks_list_each_with_its_own_key_and_datastore(vcsim_factory):
+    sim = vcsim_factory(hosts=1, datastores=2, vms=2, disks_per_vm=3, disk_mb=8)
+    _, inv = _inventory_round_trips(sim)
+    for vm in inv.vms:
+        assert [d.key for d in vm.disks] == [2000, 2001, 2002]
+        assert [d.label for d in vm.disks] == ["Hard disk 1", "Hard disk 2", "Hard disk 3"]
+        assert [d.file_name.split("] ")[1] for d in vm.disks] == [
+            f"{vm.name}/disk{i}.vmdk" for i in (1, 2, 3)
+        ]
+        assert len({d.datastore for d in vm.disks}) == 2
+    assert sim.disk(inv.vms[0].name, 2).flat_path.stat().st_size == 8 << 20

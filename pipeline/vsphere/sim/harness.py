@@ -99,6 +99,7 @@ class VcsimHarness:
         datastores: int = 2,
         vms: int = 4,
         disk_mb: int = 64,
+        disks_per_vm: int = 1,
         cbt_page_bytes: int = 64 << 20,
         tls: bool = False,
     ) -> None:
@@ -107,6 +108,7 @@ class VcsimHarness:
             f"-datastores={datastores}",
             f"-vms={vms}",
             f"-disk-mb={disk_mb}",
+            f"-disks={disks_per_vm}",
             f"-cbt-page-bytes={cbt_page_bytes}",
             f"-user={self.user}",
             f"-password={self.password}",

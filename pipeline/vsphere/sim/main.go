@@ -71,8 +71,9 @@ type harness struct {
 func main() {
 	hosts := flag.Int("hosts", 3, "ESXi hosts in the cluster")
 	datastores := flag.Int("datastores", 2, "datastores, mounted on every host")
-	vms := flag.Int("vms", 4, "virtual machines (one disk each)")
+	vms := flag.Int("vms", 4, "virtual machines")
 	diskMB := flag.Int64("disk-mb", 64, "capacity of every VM disk in MiB")
+	disks := flag.Int("disks", 1, "disks per VM, spread over the datastores")
 	pageBytes := flag.Int64("cbt-page-bytes", 64<<20, "most bytes of disk one QueryChangedDiskAreas answer spans")
 	user := flag.String("user", "vmpump", "login user")
 	pass := flag.String("password", "vmpump-pass", "login password")
@@ -102,7 +103,7 @@ func main() {
 		counterIDs:  map[int32]string{},
 		pages:       map[string][]string{},
 	}
-	h.prepareDisks(*diskMB << 20)
+	h.prepareDisks(*diskMB<<20, *disks)
 	h.loadCounters()
 
 	server := model.Service.NewServer()
@@ -122,50 +123,96 @@ func main() {
 	<-sig
 }
 
-// prepareDisks gives every model disk the given capacity, a vCenter-like device key and a sparse
-// flat file of that size, and sets changeTrackingEnabled to an explicit false.
-func (h *harness) prepareDisks(capacity int64) {
+// prepareDisks gives every VM `perVM` disks of the given capacity, with vCenter-like device keys
+// (2000, 2001, ...), spread over the datastores round-robin (VM i's disk d on datastore i+d), each
+// with a sparse flat file; and sets changeTrackingEnabled to an explicit false.
+func (h *harness) prepareDisks(capacity int64, perVM int) {
+	var datastores []*simulator.Datastore
+	for _, e := range simulator.Map.All("Datastore") {
+		datastores = append(datastores, e.(*simulator.Datastore))
+	}
+	sort.Slice(datastores, func(i, j int) bool { return datastores[i].Name < datastores[j].Name })
+	var vms []*simulator.VirtualMachine
 	for _, e := range simulator.Map.All("VirtualMachine") {
-		vm := e.(*simulator.VirtualMachine)
+		vms = append(vms, e.(*simulator.VirtualMachine))
+	}
+	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })
+	for i, vm := range vms {
 		simulator.Map.WithLock(vm, func() {
 			vm.Config.ChangeTrackingEnabled = types.NewBool(false)
-			next := int32(firstDiskKey)
-			devices := vm.Config.Hardware.Device
-			for _, d := range devices {
-				disk, ok := d.(*types.VirtualDisk)
-				if !ok {
+			var model *types.VirtualDisk
+			var kept []types.BaseVirtualDevice
+			for _, d := range vm.Config.Hardware.Device {
+				if disk, ok := d.(*types.VirtualDisk); ok {
+					if model == nil {
+						model = disk
+					}
 					continue
 				}
-				old := disk.Key
-				disk.Key = next
-				next++
-				disk.CapacityInKB = capacity / 1024
-				disk.CapacityInBytes = capacity
-				for _, c := range devices {
-					if ctl, ok := c.(types.BaseVirtualController); ok {
-						keys := ctl.GetVirtualController().Device
-						for i := range keys {
-							if keys[i] == old {
-								keys[i] = disk.Key
-							}
-						}
-					}
-				}
-				for i := range vm.LayoutEx.Disk {
-					if vm.LayoutEx.Disk[i].Key == old {
-						vm.LayoutEx.Disk[i].Key = disk.Key
-					}
-				}
-				if flat := flatPath(diskFileName(disk)); flat != "" {
-					f, err := os.OpenFile(flat, os.O_CREATE|os.O_WRONLY, 0o644)
-					if err == nil {
-						_ = f.Truncate(capacity)
-						_ = f.Close()
-					}
+				kept = append(kept, d)
+			}
+			if model == nil {
+				return
+			}
+			var controller *types.VirtualController
+			for _, d := range kept {
+				if c, ok := d.(types.BaseVirtualController); ok && c.GetVirtualController().Key == model.ControllerKey {
+					controller = c.GetVirtualController()
 				}
 			}
+			if controller != nil {
+				controller.Device = nil
+			}
+			vm.LayoutEx.Disk = nil
+			vm.Datastore = nil
+			for d := 0; d < perVM; d++ {
+				ds := datastores[(i+d)%len(datastores)]
+				disk := *model
+				backing := *model.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+				backing.FileName = fmt.Sprintf("[%s] %s/disk%d.vmdk", ds.Name, vm.Name, d+1)
+				ref := ds.Self
+				backing.Datastore = &ref
+				disk.Backing = &backing
+				disk.Key = int32(firstDiskKey + d)
+				unit := int32(d)
+				if unit >= 7 {
+					unit++ // unit 7 is the SCSI controller itself
+				}
+				disk.UnitNumber = &unit
+				disk.CapacityInKB = capacity / 1024
+				disk.CapacityInBytes = capacity
+				disk.DeviceInfo = &types.Description{Label: fmt.Sprintf("Hard disk %d", d+1), Summary: fmt.Sprintf("%d KB", capacity/1024)}
+				kept = append(kept, &disk)
+				if controller != nil {
+					controller.Device = append(controller.Device, disk.Key)
+				}
+				if !containsRef(vm.Datastore, ref) {
+					vm.Datastore = append(vm.Datastore, ref)
+				}
+				simulator.Map.WithLock(ds, func() {
+					if !containsRef(ds.Vm, vm.Self) {
+						ds.Vm = append(ds.Vm, vm.Self)
+					}
+				})
+				flat := flatPath(backing.FileName)
+				_ = os.MkdirAll(filepath.Dir(flat), 0o755)
+				if f, err := os.OpenFile(flat, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+					_ = f.Truncate(capacity)
+					_ = f.Close()
+				}
+			}
+			vm.Config.Hardware.Device = kept
 		})
 	}
+}
+
+func containsRef(refs []types.ManagedObjectReference, ref types.ManagedObjectReference) bool {
+	for _, r := range refs {
+		if r == ref {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *harness) loadCounters() {
