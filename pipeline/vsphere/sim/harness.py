@@ -7,8 +7,8 @@ pyvmomi: the simulator is driven through its own small control API over HTTP.
         sim.write_disk("DC0_C0_RP0_VM0", 0, offset=0, data=b"x" * 65536)
         connect(sim.host, sim.port, sim.user, sim.password, protocol="http")
 
-The Go source ships beside this file (``main.go``) and is built once per machine into
-``~/.cache/vmpump/vcsim-<hash of main.go>`` with Debian's govmomi sources.
+The Go sources ship beside this file (``*.go``, package ``main``) and are built once per machine
+into ``~/.cache/vmpump/vcsim-<hash of the sources>`` with Debian's govmomi sources.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pipeline.errors import VmpumpError
 
 GOVMOMI_SRC = Path("/usr/share/gocode/src/github.com/vmware/govmomi")
 APT_HINT = "install them with: sudo apt-get install -y golang-go golang-github-vmware-govmomi-dev"
-MAIN_GO = Path(__file__).with_name("main.go")
+GO_SOURCES = sorted(Path(__file__).parent.glob("*.go"))
 _BUILD_LOCK = threading.Lock()
 
 
@@ -56,7 +56,14 @@ def build_binary(cache_dir: Path | None = None) -> Path:
     go = shutil.which("go")
     if go is None or not GOVMOMI_SRC.is_dir():
         raise SimulatorError("go or the govmomi sources are missing", APT_HINT)
-    digest = hashlib.sha256(MAIN_GO.read_bytes()).hexdigest()[:16]
+    if not GO_SOURCES:
+        raise SimulatorError(
+            f"no Go sources beside {__file__}", "reinstall vmpump; the simulator ships as *.go"
+        )
+    hasher = hashlib.sha256()
+    for source in GO_SOURCES:
+        hasher.update(source.name.encode() + b"\0" + source.read_bytes())
+    digest = hasher.hexdigest()[:16]
     cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmpump"
     binary = cache / f"vcsim-{digest}"
     with _BUILD_LOCK:
@@ -73,7 +80,7 @@ def build_binary(cache_dir: Path | None = None) -> Path:
             )
             partial = cache / f".vcsim-{digest}.{os.getpid()}"
             done = subprocess.run(
-                [go, "build", "-o", str(partial), str(MAIN_GO)],
+                [go, "build", "-o", str(partial), *map(str, GO_SOURCES)],
                 env=env,
                 cwd=tmp,
                 capture_output=True,
