@@ -7,6 +7,10 @@ pyvmomi: the simulator is driven through its own small control API over HTTP.
         sim.write_disk("DC0_C0_RP0_VM0", 0, offset=0, data=b"x" * 65536)
         connect(sim.host, sim.port, sim.user, sim.password, protocol="http")
 
+Each disk's change log (``<flat file>.changes.jsonl``) is JSON lines: ``{"extents": [[offset,
+length], ...]}`` appended by ``write_disk``, ``{"changeId": "..."}`` appended by the simulator at
+each snapshot of a CBT-enabled VM, ``{"reset": true}`` appended by ``reset_cbt``.
+
 The Go sources ship beside this file (``*.go``, package ``main``) and are built once per machine
 into ``~/.cache/vmpump/vcsim-<hash of the sources>`` with Debian's govmomi sources.
 """
