@@ -28,6 +28,19 @@ DISK_COLUMNS = (
 )  # fmt: skip
 
 
+REPORT_KEYS = (
+    "run_id",
+    "job",
+    "finished",
+    "vm",
+    "status",
+    "error",
+    "consistency",
+    "restore_point",
+    "vm_wall_s",
+)
+
+
 def run_report_table(job_name: str, summary: RunSummary) -> pa.Table:
     """One row per disk (a failed VM without disk results gets one row of its own)."""
     finished = datetime.now(timezone.utc)
@@ -54,12 +67,8 @@ def run_report_table(job_name: str, summary: RunSummary) -> pa.Table:
                 "disk_wall_s": d.wall_s,
                 **{f"busy_{s}_s": d.stats.busy_s.get(s, 0.0) for s in STAGES},
             })  # fmt: skip
-    columns = [*base, "disk", *DISK_COLUMNS, "disk_wall_s", *(f"busy_{s}_s" for s in STAGES)]
-    return (
-        pa.Table.from_pylist(rows, schema=None).select(columns)
-        if rows
-        else pa.table({c: [] for c in columns})
-    )
+    columns = [*REPORT_KEYS, "disk", *DISK_COLUMNS, "disk_wall_s", *(f"busy_{s}_s" for s in STAGES)]
+    return pa.table({c: [r.get(c) for r in rows] for c in columns})
 
 
 def write_run_report(repo: Repository, job_name: str, summary: RunSummary) -> str:
