@@ -144,25 +144,25 @@ def backup(
 ) -> None:
     """Back up the job's VMs: full the first time, CBT-incremental after."""
     from pipeline.config import load_config
-    from pipeline.engine.plans import build_plans
-
-    cfg = load_config(config)
-    store = open_repository_store(config, None, None, None)
+    from pipeline.engine.backup import ensure_ray, new_run_id, run_backup
+    from pipeline.engine.console import BackupProgress, print_summary
+    from pipeline.engine.plans import open_plans
     from pipeline.store.repository import Repository
 
-    repo = Repository.open(store)
-    plans = build_plans(cfg, repo)
-    if not plans:
-        raise UsageError("the job selects no VM", "check selection.vms and selection.exclude in the job file")
-    if dry_run:
-        _print_plan(plans)
-        return
-    from pipeline.engine.backup import ensure_ray, run_backup
-    from pipeline.engine.console import BackupProgress, print_summary
-
-    ensure_ray(cfg, ray_address)
-    with BackupProgress(out, plans) as progress:
-        summary = run_backup(cfg, plans, on_progress=progress.advance)
+    cfg = load_config(config)
+    repo = Repository.open(open_repository_store(config, None, None, None))
+    run_id = new_run_id()
+    with open_plans(cfg, repo, run_id) as plans:
+        if not plans:
+            raise UsageError(
+                "the job selects no VM", "check selection.vms and selection.exclude in the job file"
+            )
+        if dry_run:
+            _print_plan(plans)
+            return
+        ensure_ray(cfg, ray_address)
+        with BackupProgress(out, plans) as progress:
+            summary = run_backup(cfg, plans, on_progress=progress.advance, run_id=run_id)
     print_summary(out, summary)
     if summary.failed:
         raise BackupFailed(

@@ -94,6 +94,10 @@ class RunSummary:
         return clock
 
 
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
 def location_of(cfg: JobConfig) -> RepoLocation:
     r = cfg.repository
     return RepoLocation(r.url, r.endpoint_url, r.region, r.addressing_style)
@@ -147,11 +151,12 @@ def run_backup(
     lease_s: float = 30.0,
     max_parallel_vms: int | None = None,
     task_retries: int = 1,
+    run_id: str | None = None,
 ) -> RunSummary:
     """Back up ``plans``; Ray must be initialized. Never raises for one VM's failure."""
     started = time.perf_counter()
     phases: dict[str, float] = {}
-    run_id = uuid.uuid4().hex
+    run_id = run_id or new_run_id()
     location = location_of(cfg)
     repo = location.open()
     lock = repo.lock("shared", owner=f"backup:{cfg.name}:{run_id[:8]}", lease=LOCK_LEASE)

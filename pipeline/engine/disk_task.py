@@ -30,7 +30,7 @@ from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
-from pipeline.source.base import ChangeIdInvalidError, DiskSource
+from pipeline.source.base import ChangedAreasError, ChangeIdInvalidError, DiskSource
 from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
 from pipeline.store.manifest import DiskManifest, merge_manifest
 
@@ -201,13 +201,19 @@ class _DiskRun:
     def _extents(self) -> list[Extent]:
         if self.job.extents is not None:
             return list(self.job.extents)
-        since = self.job.since if self.job.previous_manifest is not None else None
+        if self.job.previous_manifest is not None:
+            try:
+                return self.source.changed_extents(self.job.since)
+            except (ChangeIdInvalidError, ChangedAreasError) as exc:
+                self.full_read = True
+                self.full_read_reason = f"changed areas unusable ({exc.cause}); read in full"
+                log.warning("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, self.full_read_reason)
         try:
-            return self.source.changed_extents(since)
-        except ChangeIdInvalidError as exc:
-            self.full_read = True
-            self.full_read_reason = f"changed areas unavailable ({exc.cause}); read in full"
             return self.source.changed_extents(None)
+        except ChangedAreasError as exc:  # never a silent gap: read every byte, zeros become holes
+            self.full_read_reason = f"allocated areas unusable ({exc.cause}); read every block"
+            log.warning("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, self.full_read_reason)
+            return [Extent(0, self.capacity)]
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -244,7 +250,8 @@ class _DiskRun:
         log.error("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, guard.reason())
         self.full_read, self.full_read_reason = True, guard.reason()
         self.job = _without_previous(self.job)
-        return block_offsets(self.source.changed_extents(None), self.block_size, self.capacity)
+        # CBT lied: its list of allocated areas is no better than its list of changes; read every block
+        return block_offsets([Extent(0, self.capacity)], self.block_size, self.capacity)
 
     def _batches(self, offsets: list[int]) -> Iterator[list[tuple[int, memoryview]]]:
         """Blocks in read order, grouped in batches of about BATCH_BYTES; reads run ahead in a thread."""

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pyVmomi import vim, vmodl
 
 from pipeline.extents import Extent, merge
-from pipeline.source.base import ChangeIdInvalidError, SourceError
+from pipeline.source.base import ChangedAreasError, ChangeIdInvalidError
 from pipeline.vsphere.connection import Connection
 from pipeline.vsphere.tasks import wait_for_task
 
 ALL_ALLOCATED = "*"  # the changeId that asks for every allocated area
 
 
-class CbtCoverageError(SourceError):
+class CbtCoverageError(ChangedAreasError):
     """vCenter's changed-area answers leave a gap, overlap, or stop advancing."""
 
 
