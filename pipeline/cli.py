@@ -186,6 +186,22 @@ def _print_plan(plans: list) -> None:  # noqa: ANN001 - VmPlan
     out.print(f"{len(plans)} VMs, {_human(sum(p.capacity for p in plans))} provisioned")
 
 
+@app.command()
+def demo(
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="generated disks instead of the vCenter simulator"
+    ),
+    s3: bool = typer.Option(
+        False, "--s3", help="an S3 repository on a local moto server instead of a directory"
+    ),
+    workdir: Path | None = typer.Option(None, help="keep everything here (default: a temporary directory)"),
+) -> None:
+    """Back up, change, back up again and restore, proving every restore byte-identical."""
+    from pipeline.demo import run_demo
+
+    run_demo(out, synthetic=synthetic, s3=s3, workdir=workdir)
+
+
 snapshots_app = typer.Typer(
     help="vmpump snapshots on the VMs: list them, hunt down orphans.", no_args_is_help=True
 )
