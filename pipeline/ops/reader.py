@@ -9,6 +9,8 @@ a mismatch stops the read with an error naming the chunk, its pack and the resto
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,13 +161,15 @@ class DiskImageReader:
     Thread-safe enough for an NBD server: the cache is guarded, repository reads run unlocked.
     """
 
-    def __init__(self, repo: Repository, manifest: DiskManifest, point_id: str, cache_bytes: int = 64 << 20):
-        import threading
-
+    def __init__(
+        self, repo: Repository, manifest: DiskManifest, point_id: str, cache_bytes: int = 64 << 20
+    ) -> None:
         self.repo, self.manifest, self.point_id = repo, manifest, point_id
         self.capacity = manifest.capacity
         self.block_size = manifest.block_size
-        self._reads = {r.offset: r for r in table_reads(plan_reads(repo, manifest, point_id))}
+        # rows stay in Arrow (a BlockRead per block would cost ~200 bytes each on a big disk)
+        self._plan = plan_reads(repo, manifest, point_id).combine_chunks()
+        self._offsets: list[int] = self._plan.column("offset").to_pylist()
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_limit = max(1, cache_bytes // self.block_size)
         self._lock = threading.Lock()
@@ -184,14 +188,15 @@ class DiskImageReader:
         return b"".join(parts)
 
     def _block(self, block: int) -> bytes | None:
-        r = self._reads.get(block)
-        if r is None:
-            return None
+        i = bisect.bisect_left(self._offsets, block)
+        if i >= len(self._offsets) or self._offsets[i] != block:
+            return None  # a hole
         with self._lock:
             data = self._cache.get(block)
             if data is not None:
                 self._cache.move_to_end(block)
                 return data
+        (r,) = table_reads(self._plan.slice(i, 1))
         payload = read_range(self.repo, r.pack_id, r.pack_offset, r.pack_length, self.point_id)
         data = fit(verified_plaintext(self.repo, r, payload, self.point_id), r.length)
         with self._lock:

@@ -61,7 +61,7 @@ def test_a_flipped_byte_fails_verify_full_naming_chunk_and_points_and_stops_rest
     repo = location.open()
     victim = shared_chunk(repo, old, new)
     entry = repo.lookup(victim)
-    path = (tmp_path / "repo" / pack_key(entry.pack_id))
+    path = tmp_path / "repo" / pack_key(entry.pack_id)
     data = bytearray(path.read_bytes())
     data[entry.offset + entry.length // 2] ^= 0x40
     path.write_bytes(bytes(data))
@@ -70,7 +70,11 @@ def test_a_flipped_byte_fails_verify_full_naming_chunk_and_points_and_stops_rest
     report = verify_repository(location, full=True)
     assert not report.ok
     (problem,) = report.problems
-    assert problem.kind == "damaged-chunk" and problem.chunk_ids == (victim,) and problem.pack_id == entry.pack_id
+    assert (
+        problem.kind == "damaged-chunk"
+        and problem.chunk_ids == (victim,)
+        and problem.pack_id == entry.pack_id
+    )
     assert set(problem.points) == points_using(repo, victim) >= {old.id, new.id}
     assert victim.hex() in "\n".join(report.lines())
     with pytest.raises(VerifyFailedError) as failed:
