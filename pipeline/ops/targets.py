@@ -157,17 +157,18 @@ class HttpPutTarget:
             resp = conn.getresponse()
             body = resp.read(512)
         except OSError as e:
+            # a server that refuses the request (bad cookie, no such datastore) often answers and
+            # hangs up before the body is sent: its answer says more than the broken pipe
+            early = _early_answer(conn)
+            if early is not None:
+                raise _refused(self.description, *early) from e
             raise RestoreTargetError(
                 f"PUT to {self.description} failed after {sent} bytes: {e}", "check the URL and the network"
             ) from e
         finally:
             conn.close()  # on any error this cuts the request short, so no complete file appears
         if resp.status not in (200, 201, 204):
-            raise RestoreTargetError(
-                f"PUT to {self.description} answered {resp.status} {resp.reason}: "
-                f"{body.decode(errors='replace').strip()[:200]}",
-                "check the session cookie and the datastore path",
-            )
+            raise _refused(self.description, resp.status, resp.reason, body)
 
     def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
         if scheme == "http":
@@ -179,3 +180,21 @@ class HttpPutTarget:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=context)
+
+
+def _early_answer(conn: http.client.HTTPConnection) -> tuple[int, str, bytes] | None:
+    try:
+        if conn.sock is None:
+            return None
+        conn.sock.settimeout(2.0)
+        resp = conn.getresponse()
+        return resp.status, resp.reason, resp.read(512)
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def _refused(description: str, status: int, reason: str, body: bytes) -> RestoreTargetError:
+    return RestoreTargetError(
+        f"PUT to {description} answered {status} {reason}: {body.decode(errors='replace').strip()[:200]}",
+        "check the session cookie and the datastore path",
+    )
