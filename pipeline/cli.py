@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes get whole table rows
 _state = {"debug": False}
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="job YAML file", exists=False)

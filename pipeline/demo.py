@@ -35,6 +35,7 @@ def run_demo(
 ) -> None:
     from pipeline.engine.backup import ensure_ray
 
+    keep = workdir is not None
     with ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmpump-demo-")))
@@ -63,10 +64,9 @@ def run_demo(
         console.rule("[bold]4. restore every restore point and compare")
         _restore_and_compare(console, cfg, workdir, [first, second], expected)
         world.check_no_snapshots(console)
-        console.print(
-            f"\n[bold green]demo passed[/bold green]: 2 backups, every restore byte-identical. "
-            f"Try: vmpump points --repo {repo_url}" + (f" --endpoint-url {endpoint}" if endpoint else "")
-        )
+        console.print("\n[bold green]demo passed[/bold green]: 2 backups, every restore byte-identical.")
+        if keep and not s3:
+            console.print(f"the repository stays in {workdir}: try vmpump points --repo {repo_url}")
 
 
 class _World:

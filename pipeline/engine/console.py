@@ -50,6 +50,9 @@ class BackupProgress:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if exc_type is None:  # the bars count provisioned bytes; CBT skipped what did not need reading
+            for task in self.progress.tasks:
+                self.progress.update(task.id, completed=task.total)
         self.progress.stop()
 
 
