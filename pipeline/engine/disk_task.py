@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 READ_RUN = 8 << 20  # one read: large enough for a datastore to stream, small enough to bound memory
 READ_AHEAD = 2
 BATCH_BYTES = 16 << 20
-UPLOADS_IN_FLIGHT = 2
+UPLOADS_IN_FLIGHT = 4
 
 
 class SourceSpec(Protocol):
