@@ -61,7 +61,9 @@ class SealedPack:
             for cid, off, length, raw, codec in self.rows
         )
         footer = _FOOTER.pack(blake3.blake3(trailer).digest(), len(self.rows), len(trailer), PACK_MAGIC)
-        return b"".join([*self.parts, trailer, footer])
+        data = b"".join([*self.parts, trailer, footer])
+        object.__setattr__(self, "parts", ())  # the joined copy replaces them: one pack in memory, not two
+        return data
 
     @cached_property
     def pack_id(self) -> str:
@@ -168,10 +170,7 @@ class PackWriter:
         Safe to call from several threads at once; the pack's name is the BLAKE3 of its bytes, so
         uploading the same pack twice writes the same object.
         """
-        data = sealed.data
-        self._store.put(sealed.key, data)
-        # the parts and the joined bytes are no longer needed; drop them now, not when the caller does
-        object.__setattr__(sealed, "parts", ())
+        self._store.put(sealed.key, sealed.data)
         return list(sealed.entries)
 
 
