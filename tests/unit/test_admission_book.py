@@ -1,0 +1,134 @@
+import pytest
+
+from pipeline.engine.admission import AdmissionBook, AdmissionError, VmGrant
+from pipeline.engine.latency import LatencyGate
+from pipeline.engine.placement import PlacementLimits
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def book(total_slots=None, lease_s=60.0, **limits):
+    lim = PlacementLimits(**limits)
+    gate = LatencyGate(lim.latency_stop_ms, lim.latency_slow_ms, lim.max_reads_per_datastore, lim.adaptive)
+    clock = Clock()
+    return AdmissionBook(lim, gate, total_slots, lease_s, clock=clock), clock
+
+
+def granted(b):
+    return dict(b.dispatch())
+
+
+def test_snapshots_per_host_wait_for_a_release_in_arrival_order():
+    b, _ = book(max_snapshots_per_host=2)
+    tickets = [b.request(f"vm{i}", "h1", ["ds1"], "ds1") for i in range(4)]
+    first = granted(b)
+    assert sorted(first) == tickets[:2]
+    b.release(first[tickets[0]].snapshot, "snapshot")
+    assert list(granted(b)) == [tickets[2]]
+
+
+def test_a_vm_grant_holds_snapshot_and_first_read_together():
+    b, _ = book()
+    t = b.request("vm1", "h1", ["ds1", "ds2"], "ds1")
+    grant = granted(b)[t]
+    assert isinstance(grant, VmGrant)
+    assert b.usage[("snapshots on datastore", "ds2")] == 1
+    assert b.usage[("reads on datastore", "ds1")] == 1
+
+
+def test_no_snapshot_is_granted_while_its_first_read_cannot_start():
+    b, _ = book(max_reads_per_datastore=1)
+    b.request("vm1", "h1", ["ds1"], "ds1")
+    granted(b)
+    b.request("vm2", "h2", ["ds1"], "ds1")
+    assert granted(b) == {}
+    assert ("snapshots on host", "h2") not in b.usage
+
+
+def test_reads_of_vms_with_an_open_snapshot_go_before_new_vms():
+    b, _ = book(max_reads_per_datastore=1)
+    vm1 = b.request("vm1", "h1", ["ds1"], "ds1")
+    g1 = granted(b)[vm1]
+    new_vm = b.request("vm2", "h2", ["ds1"], "ds1")
+    second_disk = b.request("vm1", "h1", [], "ds1")  # asked later, but vm1's snapshot is open
+    b.release(g1.read, "read")
+    assert list(granted(b)) == [second_disk]
+    assert new_vm in [r.ticket for r in b._later]
+
+
+def test_a_later_waiter_cannot_overtake_on_a_resource_an_earlier_one_waits_for():
+    b, _ = book(max_snapshots_per_host=1, max_reads_per_datastore=1)
+    t1 = b.request("vm1", "h1", ["ds1"], "ds1")
+    g1 = granted(b)[t1]
+    t2 = b.request("vm2", "h1", ["ds2"], "ds2")  # waits for host h1
+    t3 = b.request("vm3", "h2", ["ds2"], "ds2")  # ds2 is free, but vm2 queued for it first
+    assert granted(b) == {}
+    b.release(g1.read, "read")
+    b.release(g1.snapshot, "snapshot")
+    assert list(granted(b)) == [t2]
+    assert t3 not in granted(b)
+
+
+def test_a_latency_stopped_datastore_does_not_block_its_host_for_others():
+    b, _ = book()
+    b.gate.observe({"ds1": 50})
+    stopped = b.request("vm1", "h1", ["ds1"], "ds1")
+    other = b.request("vm2", "h1", ["ds2"], "ds2")
+    assert list(granted(b)) == [other]
+    b.gate.observe({"ds1": 5})
+    assert list(granted(b)) == [stopped]
+
+
+def test_reads_never_exceed_the_proxy_slots_of_the_cluster():
+    b, _ = book(total_slots=3)
+    for i in range(6):
+        b.request(f"vm{i}", f"h{i}", [f"ds{i}"], f"ds{i}")
+    assert len(granted(b)) == 3
+    assert b.usage[("proxy slots", "cluster")] == 3
+
+
+def test_a_grant_whose_holder_stops_renewing_expires():
+    b, clock = book(lease_s=10)
+    t = b.request("vm1", "h1", ["ds1"], "ds1")
+    g = granted(b)[t]
+    clock.now = 8
+    assert b.renew([g.snapshot]) == []
+    clock.now = 15
+    assert b.expire() == [g.read]  # the snapshot was renewed at 8, the read was not
+    assert b.log[-1].event == "expire" and "holder gone" in b.log[-1].reason
+
+
+def test_asking_a_snapshot_while_holding_a_read_is_refused():
+    b, _ = book()
+    b.request("vm1", "h1", [], "ds1")
+    granted(b)
+    with pytest.raises(AdmissionError, match="admit_vm"):
+        b.request("vm1", "h1", ["ds1"], None)
+
+
+def test_releasing_twice_is_harmless_and_wrong_kind_is_an_error():
+    b, _ = book()
+    t = b.request("vm1", "h1", ["ds1"], "ds1")
+    grant = granted(b)[t]
+    assert b.release(grant.read, "read") is True
+    assert b.release(grant.read, "read") is False
+    with pytest.raises(AdmissionError):
+        b.release(grant.snapshot, "read")
+
+
+def test_grant_reason_names_what_the_waiter_waited_for():
+    b, clock = book(max_snapshots_per_host=1)
+    t1 = b.request("vm1", "h1", ["ds1"], "ds1")
+    first = granted(b)[t1]
+    b.request("vm2", "h1", ["ds2"], "ds2")
+    granted(b)
+    clock.now = 3
+    b.release(first.snapshot, "snapshot")
+    granted(b)
+    assert "after 3.00 s waiting for snapshots on host h1 full" in b.log[-1].reason
