@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.engine.admission import AdmissionBook, AdmissionError, VmGrant
+from pipeline.engine.admission_book import AdmissionBook, AdmissionError, VmGrant
 from pipeline.engine.latency import LatencyGate
 from pipeline.engine.placement import PlacementLimits
 
