@@ -11,9 +11,10 @@ Rules it enforces (caps from ``PlacementLimits``):
 Snapshots are taken just in time: ``admit_vm`` grants a VM's snapshot together with the read of its
 first disk, only when both are free, so no snapshot ever sits open in a queue. Reads for a VM that
 already holds a snapshot go ahead of new VMs, to close snapshots sooner. Waiters are served first
-in, first out per resource: a waiter short of capacity holds its place on every resource it needs,
-so later waiters cannot overtake it there (no starvation), yet a waiter on a latency-stopped
-datastore does not block its host for everyone else.
+in, first out per resource: a waiter is first in line for every resource that blocks it, so no later
+waiter takes that resource when it frees. It does not hold resources it is not waiting for (that
+would stall unrelated VMs behind one busy host), except once it has waited ``strict_after_s``: then
+it holds all of them, so no waiter starves. A latency-stopped datastore blocks only itself.
 
 Every grant is a lease: the holder renews it (the context managers below do) and a grant whose
 holder died expires after ``lease_s`` and frees its place.
@@ -73,6 +74,7 @@ class AdmissionController:
         total_slots: int | None = None,
         lease_s: float = 120.0,
         latency_target_ms: float | None = None,
+        strict_after_s: float = 300.0,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         if isinstance(latency_source, type) or (
@@ -89,7 +91,7 @@ class AdmissionController:
             adaptive=limits.adaptive,
             target_ms=latency_target_ms,
         )
-        self._book = AdmissionBook(limits, gate, total_slots, lease_s)
+        self._book = AdmissionBook(limits, gate, total_slots, lease_s, strict_after_s=strict_after_s)
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -211,6 +213,7 @@ def start_admission(
     total_slots: int | None = None,
     lease_s: float = 120.0,
     latency_target_ms: float | None = None,
+    strict_after_s: float = 300.0,
 ) -> Any:
     """Create the admission actor (no CPU, many concurrent calls) and wait until it runs.
 
@@ -218,7 +221,7 @@ def start_admission(
     """
     actor_class = ray.remote(AdmissionController)
     actor = actor_class.options(num_cpus=0, max_concurrency=10_000).remote(
-        limits, latency_source, poll_interval_s, total_slots, lease_s, latency_target_ms
+        limits, latency_source, poll_interval_s, total_slots, lease_s, latency_target_ms, strict_after_s
     )
     ray.get(actor.ready.remote())
     return actor

@@ -80,12 +80,14 @@ class AdmissionBook:
         total_slots: int | None = None,
         lease_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        strict_after_s: float = 300.0,
     ) -> None:
         self.limits = limits
         self.gate = gate
         self.total_slots = total_slots
         self.lease_s = lease_s
         self.clock = clock
+        self.strict_after_s = strict_after_s
         self.log: list[GrantEvent] = []
         self.usage: dict[Key, int] = {}
         self.grants: dict[str, _Grant] = {}
@@ -170,17 +172,25 @@ class AdmissionBook:
         held_for_capacity: set[Key] = set()
         held_for_latency: set[Key] = set()
         usage, cap = self.usage, self._cap
+        now = self.clock()
         for req in [*self._first, *self._later]:
             snap_keys, read_keys = req.snap_keys, req.read_keys
             keys = snap_keys + read_keys
-            # The first key that is full, or that an earlier waiter queues for, blocks this one.
-            blocking = next((k for k in keys if k in held_for_capacity or usage.get(k, 0) >= cap(k)), None)
-            if blocking is not None:
-                held_for_capacity.update(keys)
-                queued = blocking in held_for_capacity and usage.get(blocking, 0) < cap(blocking)
-                where = f"{blocking[0]} {blocking[1]}"
-                req.blocked_by = f"{where}, behind earlier waiters" if queued else f"{where} full"
-                req.blocked_kind = blocking[0]
+            # Full keys, and keys an earlier waiter is first in line for, block this waiter.
+            blocking = [k for k in keys if k in held_for_capacity or usage.get(k, 0) >= cap(k)]
+            if blocking:
+                # It becomes first in line for what blocks it. Holding its other keys too would
+                # stop unrelated VMs behind it (head-of-line blocking), so only a waiter older than
+                # strict_after_s does that, which rules out starvation. The cluster-wide slot key is
+                # never held for a waiter that waits for something else.
+                if now - req.since >= self.strict_after_s:
+                    held_for_capacity.update(k for k in keys if k[0] != "proxy slots" or k in blocking)
+                else:
+                    held_for_capacity.update(blocking)
+                k = blocking[0]
+                queued = usage.get(k, 0) < cap(k)
+                req.blocked_by = f"{k[0]} {k[1]}, behind earlier waiters" if queued else f"{k[0]} {k[1]} full"
+                req.blocked_kind = k[0]
                 continue
             stopped = {k for k in read_keys[:1] if not self.gate.may_start(k[1])}
             stopped |= {k for k in keys if k in held_for_latency}

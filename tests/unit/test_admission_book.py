@@ -13,11 +13,11 @@ class Clock:
         return self.now
 
 
-def book(total_slots=None, lease_s=60.0, **limits):
+def book(total_slots=None, lease_s=60.0, strict_after_s=300.0, **limits):
     lim = PlacementLimits(**limits)
     gate = LatencyGate(lim.latency_stop_ms, lim.latency_slow_ms, lim.max_reads_per_datastore, lim.adaptive)
     clock = Clock()
-    return AdmissionBook(lim, gate, total_slots, lease_s, clock=clock), clock
+    return AdmissionBook(lim, gate, total_slots, lease_s, clock=clock, strict_after_s=strict_after_s), clock
 
 
 def granted(b):
@@ -62,17 +62,37 @@ def test_reads_of_vms_with_an_open_snapshot_go_before_new_vms():
     assert new_vm in [r.ticket for r in b._later]
 
 
-def test_a_later_waiter_cannot_overtake_on_a_resource_an_earlier_one_waits_for():
-    b, _ = book(max_snapshots_per_host=1, max_reads_per_datastore=1)
+def test_a_waiter_is_first_in_line_for_what_blocks_it():
+    b, _ = book(max_snapshots_per_host=1)
     t1 = b.request("vm1", "h1", ["ds1"], "ds1")
-    g1 = granted(b)[t1]
-    t2 = b.request("vm2", "h1", ["ds2"], "ds2")  # waits for host h1
-    t3 = b.request("vm3", "h2", ["ds2"], "ds2")  # ds2 is free, but vm2 queued for it first
+    first = granted(b)[t1]
+    waiting = b.request("vm2", "h1", ["ds2"], "ds2")  # waits for host h1
     assert granted(b) == {}
-    b.release(g1.read, "read")
-    b.release(g1.snapshot, "snapshot")
-    assert list(granted(b)) == [t2]
-    assert t3 not in granted(b)
+    late = b.request("vm3", "h1", ["ds3"], "ds3")  # also h1: must not overtake vm2
+    b.release(first.read, "read")
+    b.release(first.snapshot, "snapshot")
+    assert list(granted(b)) == [waiting]
+    assert late in [r.ticket for r in b._later]
+
+
+def test_a_waiter_does_not_hold_up_vms_on_resources_it_is_not_waiting_for():
+    b, _ = book(max_snapshots_per_host=1, max_reads_per_datastore=2)
+    b.request("vm1", "h1", ["ds1"], "ds1")
+    granted(b)
+    b.request("vm2", "h1", ["ds2"], "ds2")  # waits for host h1 only
+    other_host = b.request("vm3", "h2", ["ds2"], "ds2")
+    assert list(granted(b)) == [other_host]
+
+
+def test_a_long_waiter_holds_every_resource_it_needs_so_it_cannot_starve():
+    b, clock = book(max_snapshots_per_host=1, max_reads_per_datastore=1, strict_after_s=60)
+    t1 = b.request("vm1", "h1", ["ds1"], "ds1")
+    first = granted(b)[t1]
+    b.request("vm2", "h1", ["ds2"], "ds2")
+    clock.now = 61
+    b.release(first.read, "read")  # h1's snapshot still taken; ds2 is free
+    late = b.request("vm3", "h2", ["ds2"], "ds2")
+    assert late not in granted(b)  # vm2 has waited long enough to hold ds2 for itself
 
 
 def test_a_latency_stopped_datastore_does_not_block_its_host_for_others():
