@@ -34,8 +34,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import ray
@@ -52,7 +53,9 @@ __all__ = [
     "ReadThrottle",
     "VmGrant",
     "admitted_read",
+    "admitted_read_sync",
     "admitted_vm",
+    "admitted_vm_sync",
     "start_admission",
 ]
 
@@ -178,6 +181,13 @@ class AdmissionController:
             future = self._waiters.pop(ticket, None)
             if future is not None and not future.done():
                 future.set_result(grant)
+                continue
+            # The caller gave up between asking and this grant: hand the places straight back.
+            if isinstance(grant, VmGrant):
+                self._book.release(grant.read, "read", reason="waiter gone before the grant")
+                self._book.release(grant.snapshot, "snapshot", reason="waiter gone before the grant")
+            else:
+                self._book.release(grant, "read", reason="waiter gone before the grant")
 
     async def _latency_loop(self) -> None:
         while True:
@@ -265,6 +275,59 @@ async def admitted_read(
     finally:
         renewer.cancel()
         await admission.release_read.remote(grant_id)
+
+
+class _RenewThread(threading.Thread):
+    """Renews grants every ``every_s`` from a thread, for callers that are not asyncio code."""
+
+    def __init__(self, admission: Any, grant_ids: list[str], every_s: float) -> None:
+        super().__init__(daemon=True, name="vmpump-lease-renewal")
+        self._admission, self._ids, self._every_s = admission, grant_ids, every_s
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            ray.get(self._admission.renew.remote(self._ids))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@contextlib.contextmanager
+def admitted_vm_sync(
+    admission: Any,
+    vm_id: str,
+    host: str,
+    datastores: list[str],
+    first_disk_datastore: str,
+    renew_s: float = 30.0,
+) -> Iterator[VmGrant]:
+    """``admitted_vm`` for blocking code (a plain Ray task): same grants, renewed from a thread."""
+    grant: VmGrant = ray.get(admission.admit_vm.remote(vm_id, host, datastores, first_disk_datastore))
+    renewer = _RenewThread(admission, [grant.snapshot, grant.read], renew_s)
+    renewer.start()
+    try:
+        yield grant
+    finally:
+        renewer.stop()
+        ray.get(
+            [admission.release_read.remote(grant.read), admission.release_snapshot.remote(grant.snapshot)]
+        )
+
+
+@contextlib.contextmanager
+def admitted_read_sync(
+    admission: Any, vm_id: str, host: str, datastore: str, grant: str | None = None, renew_s: float = 30.0
+) -> Iterator[str]:
+    """``admitted_read`` for blocking code."""
+    grant_id: str = grant or ray.get(admission.admit_read.remote(vm_id, host, datastore))
+    renewer = _RenewThread(admission, [grant_id], renew_s)
+    renewer.start()
+    try:
+        yield grant_id
+    finally:
+        renewer.stop()
+        ray.get(admission.release_read.remote(grant_id))
 
 
 class ReadThrottle:

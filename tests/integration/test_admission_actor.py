@@ -117,3 +117,21 @@ def test_a_grant_whose_holder_died_expires_and_goes_to_the_next_waiter(ray_local
     ray.get(adm.admit_read.remote("vm2", "esx1", "ds1"), timeout=10)
     assert time.monotonic() - started >= 0.4
     assert any(e.event == "expire" for e in ray.get(adm.grants_log.remote()))
+
+
+@ray.remote(num_cpus=0.25)
+def back_up_vm_in_a_task(adm, vm_id: str) -> None:
+    from pipeline.engine.admission import admitted_read_sync, admitted_vm_sync
+
+    with admitted_vm_sync(adm, vm_id, "esx1", ["ds1"], "ds1", renew_s=0.1) as vm:
+        with admitted_read_sync(adm, vm_id, "esx1", "ds1", grant=vm.read, renew_s=0.1):
+            time.sleep(0.8)  # longer than the lease: only renewals keep the grants
+
+
+def test_blocking_callers_keep_their_leases_alive_and_respect_the_caps(ray_local):
+    adm = start_admission(PlacementLimits(max_snapshots_per_host=1), total_slots=4, lease_s=0.5)
+    ray.get([back_up_vm_in_a_task.remote(adm, f"vm{i}") for i in range(3)])
+    log = ray.get(adm.grants_log.remote())
+    assert not [e for e in log if e.event == "expire"]
+    assert max_overlap_by_resource(log)[("snapshots on host", "esx1")] == 1
+    assert sum(e.event == "grant" for e in log) == 6
