@@ -16,7 +16,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.console import Group
 from rich.table import Table
@@ -61,6 +61,8 @@ class SimResult:
     peak_usage: dict[str, int]  # the most ever in use at once, per resource kind
     slot_utilization: float
     datastore_bound_s: float  # read-seconds slowed by a datastore's throughput
+    longest_disk_s: float  # the largest disk alone at one task's speed: no fleet beats it
+    label: str = ""  # what this night is, for the report
 
     @property
     def window_h(self) -> float:
@@ -119,10 +121,16 @@ def plan_window(
     incr = classic_sizing(estate.total_bytes, window_s, "incremental", cores_per_proxy, estate.change_rate)
     sims: tuple[SimResult, ...] = ()
     if simulate:
-        sims = (
-            simulate_night(estate, full.proxies, limits, cores_per_proxy=cores_per_proxy, mode="full"),
-            simulate_night(estate, incr.proxies, limits, cores_per_proxy=cores_per_proxy, mode="incremental"),
-            simulate_night(estate, incr.proxies, limits, cores_per_proxy=cores_per_proxy, mode="full"),
+        nights = (
+            ("full", full.proxies, "full"),
+            ("incremental", incr.proxies, "incremental"),
+            ("first full, incremental fleet", incr.proxies, "full"),
+        )
+        sims = tuple(
+            replace(
+                simulate_night(estate, n, limits, cores_per_proxy=cores_per_proxy, mode=mode), label=label
+            )
+            for label, n, mode in nights
         )
     return WindowPlan(
         window_hours,
@@ -269,6 +277,7 @@ def simulate_night(
         peak_usage=peak,
         slot_utilization=slot_s / (slots * makespan) if makespan else 0.0,
         datastore_bound_s=ds_bound_s,
+        longest_disk_s=max(w for disks in work for w in disks) / speed,
     )
 
 
@@ -282,6 +291,32 @@ def _rates(reads: dict[str, _Read], speed: float, datastore_mib_s: Mapping[str, 
         cap = datastore_mib_s.get(r.datastore)
         rates[g] = speed if cap is None else min(speed, cap * MiB / per_ds[r.datastore])
     return rates
+
+
+# Which placement setting loosens each admission resource.
+_SETTING_OF_RESOURCE = {
+    "snapshots on host": "max_snapshots_per_host",
+    "snapshots on datastore": "max_snapshots_per_datastore",
+    "reads on datastore": "max_reads_per_datastore",
+    "disk reads on host": "max_disks_per_host",
+}
+
+
+def sim_advice(result: SimResult, window_h: float) -> str:
+    """What to change so the night fits, read from where the simulated VMs waited."""
+    if result.window_h <= window_h:
+        return f"fits with {window_h - result.window_h:.1f} h to spare"
+    if result.longest_disk_s / 3600 > window_h:
+        return (
+            f"the largest disk alone takes {result.longest_disk_s / 3600:.1f} h at one task's speed: "
+            "no fleet fits it; back it up in its own window or use a faster transport"
+        )
+    most = result.waiting_s_by_resource[0][0] if result.waiting_s_by_resource else "proxy slots"
+    if most == "proxy slots" or result.slot_utilization > 0.9:
+        needed = math.ceil(result.proxies * result.window_h / window_h)
+        return f"slots are the limit: about {needed} proxies ({needed - result.proxies} more)"
+    setting = _SETTING_OF_RESOURCE.get(most, most)
+    return f"VMs wait for {most}, not proxies: raise placement.{setting} if latency allows"
 
 
 def _tib(n: float) -> str:
@@ -304,21 +339,21 @@ def render_window_plan(plan: WindowPlan) -> Group:
         )  # fmt: skip
     sim = Table(title="Simulated night (admission rules, per-task speed, datastore throughput)")
     for col in (
-        "mode",
+        "night",
         "proxies",
         "slots",
         "window h",
-        "fits",
         "slot use",
         "first to run out",
         "most waiting",
+        "advice",
     ):
         sim.add_column(col)
     for r in plan.simulations:
         most = r.waiting_s_by_resource[0][0] if r.waiting_s_by_resource else "none"
+        first = f"{r.first_exhausted} @ {r.first_exhausted_at_s / 60:.0f} min"
         sim.add_row(
-            r.mode, str(r.proxies), str(r.slots), f"{r.window_h:.2f}",
-            "yes" if r.window_h <= plan.window_h else "NO", f"{r.slot_utilization:.0%}",
-            f"{r.first_exhausted} @ {r.first_exhausted_at_s / 60:.0f} min", most,
+            r.label or r.mode, str(r.proxies), str(r.slots), f"{r.window_h:.2f}", f"{r.slot_utilization:.0%}",
+            first, most, sim_advice(r, plan.window_h),
         )  # fmt: skip
     return Group(head, formula, sim) if plan.simulations else Group(head, formula)

@@ -5,7 +5,14 @@ from rich.console import Console
 
 from pipeline.engine.placement import PlacementLimits
 from pipeline.ops.estate import DiskSpec, Estate, EstateError, VmSpec, estate_from_dict, load_estate
-from pipeline.ops.window import WindowError, classic_sizing, plan_window, render_window_plan, simulate_night
+from pipeline.ops.window import (
+    WindowError,
+    classic_sizing,
+    plan_window,
+    render_window_plan,
+    sim_advice,
+    simulate_night,
+)
 
 GiB, TiB, MiB = 2**30, 2**40, 2**20
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +133,14 @@ def test_missing_estate_file_and_bad_window_are_clear_errors(tmp_path):
         load_estate(tmp_path / "nope.yaml")
     with pytest.raises(WindowError):
         plan_window(small_estate(), 0)
+
+
+def test_advice_names_what_to_change_when_the_night_does_not_fit():
+    estate = small_estate()
+    slot_bound = night(estate, 2, max_snapshots_per_host=8)
+    assert "slots are the limit" in sim_advice(slot_bound, window_h=0.1)
+    cap_bound = night(estate, 16, max_snapshots_per_host=1)
+    assert "max_snapshots_per_host" in sim_advice(cap_bound, window_h=0.05)
+    assert "to spare" in sim_advice(cap_bound, window_h=10)
+    huge = small_estate(vms=1, disk=4 * TiB)
+    assert "largest disk alone" in sim_advice(night(huge, 1), window_h=8)
