@@ -83,6 +83,26 @@ class WindowPlan:
     simulations: tuple[SimResult, ...] = field(default=())
 
 
+def parse_window_hours(text: str | float) -> float:
+    """``"8h"``, ``"90m"``, ``"1.5h"`` or a plain number of hours."""
+    if isinstance(text, (int, float)):
+        hours = float(text)
+    else:
+        raw = text.strip().lower()
+        try:
+            if raw.endswith("h"):
+                hours = float(raw[:-1])
+            elif raw.endswith("m"):
+                hours = float(raw[:-1]) / 60
+            else:
+                hours = float(raw)
+        except ValueError as e:
+            raise WindowError(f"backup window {text!r} is not a duration", "write it like 8h or 90m") from e
+    if not 0 < hours <= 24 * 7:
+        raise WindowError(f"backup window of {hours:g} h", "give a window between a minute and a week")
+    return hours
+
+
 def classic_sizing(
     moved_bytes: float, window_s: float, mode: str, cores_per_proxy: int, change_rate: float = 1.0
 ) -> Sizing:

@@ -1,4 +1,4 @@
-from pipeline.engine.latency import LatencyGate, ScriptedLatencySource, SequenceLatencySource
+from pipeline.engine.latency import LatencyGate, LatencySource, ScriptedLatencySource, SequenceLatencySource
 
 
 def gate(**kw):
@@ -36,11 +36,14 @@ def test_unchanged_state_is_not_logged_again():
     assert len(g.decisions) == 1
 
 
-def test_missing_datastore_keeps_its_last_state():
+def test_missing_datastore_or_no_value_keeps_its_last_state():
     g = gate()
     g.observe({"ds1": 25})
     g.observe({})
+    g.observe({"ds1": -1})  # vCenter's "no value"
+    g.observe({"ds1": float("nan")})
     assert not g.may_start("ds1")
+    assert g.latency_ms("ds1") == 25
 
 
 def test_adaptive_limit_halves_above_target_and_grows_by_one_below():
@@ -81,3 +84,11 @@ def test_scripted_source_reads_back_what_was_set(tmp_path):
 def test_sequence_source_repeats_its_last_sample():
     source = SequenceLatencySource([{"a": 1}, {"a": 2}])
     assert [source.datastore_latency_ms()["a"] for _ in range(4)] == [1, 2, 2, 2]
+
+
+def test_any_object_with_the_method_is_a_latency_source():
+    class FromVcenter:
+        def datastore_latency_ms(self) -> dict[str, float]:
+            return {}
+
+    assert isinstance(FromVcenter(), LatencySource)

@@ -8,6 +8,7 @@ from pipeline.ops.estate import DiskSpec, Estate, EstateError, VmSpec, estate_fr
 from pipeline.ops.window import (
     WindowError,
     classic_sizing,
+    parse_window_hours,
     plan_window,
     render_window_plan,
     sim_advice,
@@ -144,3 +145,14 @@ def test_advice_names_what_to_change_when_the_night_does_not_fit():
     assert "to spare" in sim_advice(cap_bound, window_h=10)
     huge = small_estate(vms=1, disk=4 * TiB)
     assert "largest disk alone" in sim_advice(night(huge, 1), window_h=8)
+
+
+@pytest.mark.parametrize("text, hours", [("8h", 8.0), ("90m", 1.5), ("1.5h", 1.5), ("6", 6.0)])
+def test_window_durations_read_as_an_admin_writes_them(text, hours):
+    assert parse_window_hours(text) == hours
+
+
+@pytest.mark.parametrize("text", ["tonight", "0h", "900h"])
+def test_unreadable_or_absurd_windows_are_rejected(text):
+    with pytest.raises(WindowError):
+        parse_window_hours(text)
