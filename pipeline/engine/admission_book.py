@@ -233,7 +233,9 @@ class AdmissionBook:
         return grant_id
 
     # -- releasing ----------------------------------------------------------------------------
-    def release(self, grant_id: str, kind: str, reason: str = "released by holder") -> bool:
+    def release(
+        self, grant_id: str, kind: str, reason: str = "released by holder", event: str = "release"
+    ) -> bool:
         """Free a grant; False if it is unknown or already gone (releasing twice is harmless)."""
         grant = self.grants.get(grant_id)
         if grant is None:
@@ -247,7 +249,7 @@ class AdmissionBook:
         held[kind] -= 1
         if not any(held.values()):
             del self._held_by_vm[grant.vm_id]
-        self._log("release" if reason == "released by holder" else "expire", grant, reason)
+        self._log(event, grant, reason)
         return True
 
     def renew(self, grant_ids: Iterable[str]) -> list[str]:
@@ -265,7 +267,7 @@ class AdmissionBook:
         now = self.clock()
         dead = [g for g in self.grants.values() if g.expires_at < now]
         for g in dead:
-            self.release(g.grant_id, g.kind, reason=f"lease of {self.lease_s:g} s expired: holder gone")
+            self.release(g.grant_id, g.kind, f"lease of {self.lease_s:g} s expired: holder gone", "expire")
         return [g.grant_id for g in dead]
 
     def _log(self, event: str, grant: _Grant, reason: str) -> None:
