@@ -11,9 +11,10 @@ Rules it enforces (caps from ``PlacementLimits``):
 Snapshots are taken just in time: ``admit_vm`` grants a VM's snapshot together with the read of its
 first disk, only when both are free, so no snapshot ever sits open in a queue. Reads for a VM that
 already holds a snapshot go ahead of new VMs, to close snapshots sooner. Waiters are served first
-in, first out per resource: a waiter short of capacity holds its place on every resource it needs,
-so later waiters cannot overtake it there (no starvation), yet a waiter on a latency-stopped
-datastore does not block its host for everyone else.
+in, first out per resource: a waiter is first in line for every resource that blocks it, so no later
+waiter takes that resource when it frees. It does not hold resources it is not waiting for (that
+would stall unrelated VMs behind one busy host), except once it has waited ``strict_after_s``: then
+it holds all of them, so no waiter starves. A latency-stopped datastore blocks only itself.
 
 Every grant is a lease: the holder renews it (the context managers below do) and a grant whose
 holder died expires after ``lease_s`` and frees its place.
@@ -31,249 +32,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import ray
 
+from pipeline.engine.admission_book import AdmissionBook, AdmissionError, GrantEvent, VmGrant
 from pipeline.engine.latency import LatencyDecision, LatencyGate, LatencySource
 from pipeline.engine.placement import SLOT_RESOURCE, PlacementLimits
-from pipeline.errors import VmpumpError
+
+__all__ = [
+    "AdmissionBook",
+    "AdmissionController",
+    "AdmissionError",
+    "GrantEvent",
+    "ReadThrottle",
+    "VmGrant",
+    "admitted_read",
+    "admitted_read_sync",
+    "admitted_vm",
+    "admitted_vm_sync",
+    "start_admission",
+]
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]  # (resource kind, name), e.g. ("snapshots on host", "esx-01")
-
-
-class AdmissionError(VmpumpError):
-    """A caller asked for admission in a way that could deadlock or double-book."""
-
-
-@dataclass(frozen=True)
-class GrantEvent:
-    at: float  # wall clock (time.time), comparable across processes of one machine
-    event: str  # "grant", "release", "expire"
-    grant_id: str
-    kind: str  # "snapshot" or "read"
-    vm_id: str
-    host: str
-    datastores: tuple[str, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
-class VmGrant:
-    snapshot: str
-    read: str
-
-
-@dataclass
-class _Request:
-    ticket: int
-    vm_id: str
-    host: str
-    snapshot_datastores: tuple[str, ...]  # empty: no snapshot asked
-    read_datastore: str | None  # None: no read asked
-    since: float
-    blocked_by: str = ""
-
-
-@dataclass
-class _Grant:
-    grant_id: str
-    kind: str
-    vm_id: str
-    host: str
-    datastores: tuple[str, ...]
-    keys: tuple[Key, ...]
-    expires_at: float = field(default=0.0)
-
-
-class AdmissionBook:
-    """The ledger and FIFO queue behind the actor; no Ray, no asyncio, a clock you can inject."""
-
-    def __init__(
-        self,
-        limits: PlacementLimits,
-        gate: LatencyGate,
-        total_slots: int | None = None,
-        lease_s: float = 120.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limits = limits
-        self.gate = gate
-        self.total_slots = total_slots
-        self.lease_s = lease_s
-        self.clock = clock
-        self.log: list[GrantEvent] = []
-        self.usage: dict[Key, int] = {}
-        self.grants: dict[str, _Grant] = {}
-        self._first: list[_Request] = []  # reads of VMs with an open snapshot
-        self._later: list[_Request] = []  # new VMs, and reads of VMs without a snapshot
-        self._tickets = itertools.count(1)
-        self._ids = itertools.count(1)
-
-    # -- asking -------------------------------------------------------------------------------
-    def request(
-        self, vm_id: str, host: str, snapshot_datastores: Iterable[str], read_datastore: str | None
-    ) -> int:
-        snap = tuple(dict.fromkeys(snapshot_datastores))
-        held = [g for g in self.grants.values() if g.vm_id == vm_id]
-        if snap and any(g.kind == "snapshot" for g in held):
-            raise AdmissionError(f"VM {vm_id} asked for a second snapshot grant", "release the first one")
-        if snap and any(g.kind == "read" for g in held):
-            # Holding a read while queueing for a snapshot can deadlock against VMs that hold a
-            # snapshot and queue for reads; admit_vm takes both at once instead.
-            raise AdmissionError(
-                f"VM {vm_id} asked for a snapshot while holding a read grant",
-                "use admit_vm, which grants the snapshot and the first read together",
-            )
-        req = _Request(next(self._tickets), vm_id, host, snap, read_datastore, self.clock())
-        has_snapshot = any(g.kind == "snapshot" for g in held)
-        (self._first if has_snapshot and not snap else self._later).append(req)
-        return req.ticket
-
-    def cancel(self, ticket: int) -> None:
-        self._first = [r for r in self._first if r.ticket != ticket]
-        self._later = [r for r in self._later if r.ticket != ticket]
-
-    def waiting(self) -> int:
-        return len(self._first) + len(self._later)
-
-    # -- granting -----------------------------------------------------------------------------
-    def _cap(self, key: Key) -> float:
-        kind, name = key
-        caps: dict[str, float] = {
-            "snapshots on host": self.limits.max_snapshots_per_host,
-            "snapshots on datastore": self.limits.max_snapshots_per_datastore,
-            "disk reads on host": self.limits.max_disks_per_host,
-            "proxy slots": math.inf if self.total_slots is None else self.total_slots,
-        }
-        if kind == "reads on datastore":
-            return self.gate.read_limit(name)
-        return caps[kind]
-
-    @staticmethod
-    def _snapshot_keys(req: _Request) -> tuple[Key, ...]:
-        if not req.snapshot_datastores:
-            return ()
-        return (("snapshots on host", req.host),) + tuple(
-            ("snapshots on datastore", ds) for ds in req.snapshot_datastores
-        )
-
-    @staticmethod
-    def _read_keys(req: _Request) -> tuple[Key, ...]:
-        if req.read_datastore is None:
-            return ()
-        return (
-            ("reads on datastore", req.read_datastore),
-            ("disk reads on host", req.host),
-            ("proxy slots", "cluster"),
-        )
-
-    def dispatch(self) -> list[tuple[int, str | VmGrant]]:
-        """Grant every waiter that may go now, in order; returns (ticket, grant) pairs."""
-        granted: list[tuple[int, str | VmGrant]] = []
-        held_for_capacity: set[Key] = set()
-        held_for_latency: set[Key] = set()
-        for req in [*self._first, *self._later]:
-            snap_keys, read_keys = self._snapshot_keys(req), self._read_keys(req)
-            keys = snap_keys + read_keys
-            full = [k for k in keys if self.usage.get(k, 0) >= self._cap(k)]
-            queued = [k for k in keys if k in held_for_capacity]
-            if full or queued:
-                held_for_capacity.update(keys)
-                k = (full or queued)[0]
-                req.blocked_by = f"{k[0]} {k[1]} full" if full else f"{k[0]} {k[1]}, behind earlier waiters"
-                continue
-            stopped = {k for k in read_keys[:1] if not self.gate.may_start(k[1])}
-            stopped |= {k for k in keys if k in held_for_latency}
-            if stopped:
-                held_for_latency.update(stopped)
-                req.blocked_by = f"datastore {req.read_datastore} stopped by latency"
-                continue
-            granted.append((req.ticket, self._grant(req, snap_keys, read_keys)))
-        done = {t for t, _ in granted}
-        self._first = [r for r in self._first if r.ticket not in done]
-        self._later = [r for r in self._later if r.ticket not in done]
-        return granted
-
-    def _grant(self, req: _Request, snap_keys: tuple[Key, ...], read_keys: tuple[Key, ...]) -> str | VmGrant:
-        waited = self.clock() - req.since
-        why = f"after {waited:.2f} s waiting for {req.blocked_by}" if req.blocked_by else "at once"
-        ids = {}
-        if snap_keys:
-            ids["snapshot"] = self._open("snapshot", req, req.snapshot_datastores, snap_keys, why)
-        if read_keys:
-            assert req.read_datastore is not None
-            ids["read"] = self._open("read", req, (req.read_datastore,), read_keys, why)
-        if len(ids) == 2:
-            return VmGrant(snapshot=ids["snapshot"], read=ids["read"])
-        return next(iter(ids.values()))
-
-    def _open(
-        self, kind: str, req: _Request, datastores: tuple[str, ...], keys: tuple[Key, ...], why: str
-    ) -> str:
-        grant_id = f"{kind[0]}-{next(self._ids):06d}"
-        self.grants[grant_id] = _Grant(
-            grant_id, kind, req.vm_id, req.host, datastores, keys, self.clock() + self.lease_s
-        )
-        for k in keys:
-            self.usage[k] = self.usage.get(k, 0) + 1
-        self._log("grant", self.grants[grant_id], f"granted {why}")
-        return grant_id
-
-    # -- releasing ----------------------------------------------------------------------------
-    def release(self, grant_id: str, kind: str, reason: str = "released by holder") -> bool:
-        """Free a grant; False if it is unknown or already gone (releasing twice is harmless)."""
-        grant = self.grants.get(grant_id)
-        if grant is None:
-            return False
-        if grant.kind != kind:
-            raise AdmissionError(f"grant {grant_id} is a {grant.kind} grant, not a {kind} grant")
-        del self.grants[grant_id]
-        for k in grant.keys:
-            self.usage[k] -= 1
-        self._log("release" if reason == "released by holder" else "expire", grant, reason)
-        return True
-
-    def renew(self, grant_ids: Iterable[str]) -> list[str]:
-        """Extend the leases; returns the ids that are no longer held (expired or released)."""
-        lost = []
-        for grant_id in grant_ids:
-            grant = self.grants.get(grant_id)
-            if grant is None:
-                lost.append(grant_id)
-            else:
-                grant.expires_at = self.clock() + self.lease_s
-        return lost
-
-    def expire(self) -> list[str]:
-        now = self.clock()
-        dead = [g for g in self.grants.values() if g.expires_at < now]
-        for g in dead:
-            self.release(g.grant_id, g.kind, reason=f"lease of {self.lease_s:g} s expired: holder gone")
-        return [g.grant_id for g in dead]
-
-    def _log(self, event: str, grant: _Grant, reason: str) -> None:
-        self.log.append(
-            GrantEvent(
-                time.time(),
-                event,
-                grant.grant_id,
-                grant.kind,
-                grant.vm_id,
-                grant.host,
-                grant.datastores,
-                reason,
-            )
-        )
-        log.debug("%s %s %s (VM %s): %s", event, grant.kind, grant.grant_id, grant.vm_id, reason)
 
 
 class AdmissionController:
@@ -291,6 +77,7 @@ class AdmissionController:
         total_slots: int | None = None,
         lease_s: float = 120.0,
         latency_target_ms: float | None = None,
+        strict_after_s: float = 300.0,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         if isinstance(latency_source, type) or (
@@ -307,7 +94,7 @@ class AdmissionController:
             adaptive=limits.adaptive,
             target_ms=latency_target_ms,
         )
-        self._book = AdmissionBook(limits, gate, total_slots, lease_s)
+        self._book = AdmissionBook(limits, gate, total_slots, lease_s, strict_after_s=strict_after_s)
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -394,6 +181,13 @@ class AdmissionController:
             future = self._waiters.pop(ticket, None)
             if future is not None and not future.done():
                 future.set_result(grant)
+                continue
+            # The caller gave up between asking and this grant: hand the places straight back.
+            if isinstance(grant, VmGrant):
+                self._book.release(grant.read, "read", reason="waiter gone before the grant")
+                self._book.release(grant.snapshot, "snapshot", reason="waiter gone before the grant")
+            else:
+                self._book.release(grant, "read", reason="waiter gone before the grant")
 
     async def _latency_loop(self) -> None:
         while True:
@@ -429,6 +223,7 @@ def start_admission(
     total_slots: int | None = None,
     lease_s: float = 120.0,
     latency_target_ms: float | None = None,
+    strict_after_s: float = 300.0,
 ) -> Any:
     """Create the admission actor (no CPU, many concurrent calls) and wait until it runs.
 
@@ -436,7 +231,7 @@ def start_admission(
     """
     actor_class = ray.remote(AdmissionController)
     actor = actor_class.options(num_cpus=0, max_concurrency=10_000).remote(
-        limits, latency_source, poll_interval_s, total_slots, lease_s, latency_target_ms
+        limits, latency_source, poll_interval_s, total_slots, lease_s, latency_target_ms, strict_after_s
     )
     ray.get(actor.ready.remote())
     return actor
@@ -480,6 +275,59 @@ async def admitted_read(
     finally:
         renewer.cancel()
         await admission.release_read.remote(grant_id)
+
+
+class _RenewThread(threading.Thread):
+    """Renews grants every ``every_s`` from a thread, for callers that are not asyncio code."""
+
+    def __init__(self, admission: Any, grant_ids: list[str], every_s: float) -> None:
+        super().__init__(daemon=True, name="vmpump-lease-renewal")
+        self._admission, self._ids, self._every_s = admission, grant_ids, every_s
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            ray.get(self._admission.renew.remote(self._ids))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@contextlib.contextmanager
+def admitted_vm_sync(
+    admission: Any,
+    vm_id: str,
+    host: str,
+    datastores: list[str],
+    first_disk_datastore: str,
+    renew_s: float = 30.0,
+) -> Iterator[VmGrant]:
+    """``admitted_vm`` for blocking code (a plain Ray task): same grants, renewed from a thread."""
+    grant: VmGrant = ray.get(admission.admit_vm.remote(vm_id, host, datastores, first_disk_datastore))
+    renewer = _RenewThread(admission, [grant.snapshot, grant.read], renew_s)
+    renewer.start()
+    try:
+        yield grant
+    finally:
+        renewer.stop()
+        ray.get(
+            [admission.release_read.remote(grant.read), admission.release_snapshot.remote(grant.snapshot)]
+        )
+
+
+@contextlib.contextmanager
+def admitted_read_sync(
+    admission: Any, vm_id: str, host: str, datastore: str, grant: str | None = None, renew_s: float = 30.0
+) -> Iterator[str]:
+    """``admitted_read`` for blocking code."""
+    grant_id: str = grant or ray.get(admission.admit_read.remote(vm_id, host, datastore))
+    renewer = _RenewThread(admission, [grant_id], renew_s)
+    renewer.start()
+    try:
+        yield grant_id
+    finally:
+        renewer.stop()
+        ray.get(admission.release_read.remote(grant_id))
 
 
 class ReadThrottle:

@@ -153,12 +153,14 @@ class LatencyGate:
     def observe(self, sample: Mapping[str, float], at: float | None = None) -> list[LatencyDecision]:
         """Take one poll's sample; returns the decisions it caused (also kept in ``decisions``).
 
-        A datastore missing from the sample keeps its last state: vCenter skips datastores without
-        I/O in an interval, and no I/O is no reason to change course.
+        A datastore missing from the sample, or sampled as -1 (vCenter's "no value"), keeps its
+        last state: no I/O in an interval is no reason to change course.
         """
         at = time.time() if at is None else at
         made: list[LatencyDecision] = []
         for datastore, latency in sorted(sample.items()):
+            if not latency >= 0:  # vCenter reports -1 for "no sample"; NaN is no sample either
+                continue
             state = self._ds(datastore)
             state.latency_ms = latency
             made.extend(self._threshold_decisions(datastore, state, latency, at))
