@@ -94,7 +94,8 @@ def _kill_when_packs_exist(pid_file: Path, repo_dir: Path, killed: list[int]) ->
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         packs = list((repo_dir / "packs").rglob("*")) if (repo_dir / "packs").exists() else []
-        if pid_file.exists() and sum(p.is_file() for p in packs) >= 2:
+        complete = [p for p in packs if p.is_file() and ".vmpump-tmp-" not in p.name]
+        if pid_file.exists() and len(complete) >= 2:
             pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
