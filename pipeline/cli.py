@@ -147,7 +147,7 @@ def backup(
     from pipeline.config import load_config
     from pipeline.engine.backup import ensure_ray, new_run_id, run_backup
     from pipeline.engine.console import BackupProgress, print_summary
-    from pipeline.engine.plans import open_plans
+    from pipeline.engine.plans import latency_source_of, open_plans
     from pipeline.store.repository import Repository
 
     cfg = load_config(config)
@@ -163,7 +163,9 @@ def backup(
             return
         ensure_ray(cfg, ray_address)
         with BackupProgress(out, plans) as progress:
-            summary = run_backup(cfg, plans, on_progress=progress.advance, run_id=run_id)
+            summary = run_backup(
+                cfg, plans, on_progress=progress.advance, run_id=run_id, latency_source=latency_source_of(cfg)
+            )
     print_summary(out, summary)
     if summary.failed:
         raise BackupFailed(

@@ -235,12 +235,14 @@ def _init_repository(cfg: JobConfig) -> None:
 def _backup(console: Console, cfg: JobConfig):  # noqa: ANN202 - RunSummary
     from pipeline.engine.backup import location_of, new_run_id, run_backup
     from pipeline.engine.console import BackupProgress, print_summary
-    from pipeline.engine.plans import open_plans
+    from pipeline.engine.plans import latency_source_of, open_plans
 
     repo = location_of(cfg).open()
     run_id = new_run_id()
     with open_plans(cfg, repo, run_id) as plans, BackupProgress(console, plans) as progress:
-        summary = run_backup(cfg, plans, on_progress=progress.advance, run_id=run_id)
+        summary = run_backup(
+            cfg, plans, on_progress=progress.advance, run_id=run_id, latency_source=latency_source_of(cfg)
+        )
     print_summary(console, summary)
     if summary.failed:
         raise DemoFailed(f"backup of {summary.failed[0].name} failed: {summary.failed[0].error}", "see above")

@@ -15,19 +15,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import ray
 
 from pipeline.config import JobConfig, PlacementConfig
+from pipeline.engine.admission import start_admission
+from pipeline.engine.bottleneck import BottleneckReport, analyze_bottleneck
 from pipeline.engine.dedup import DedupIndex, RepoLocation
 from pipeline.engine.disk_task import DiskJob, DiskResult, backup_disk
 from pipeline.engine.placement import PlacementLimits, disk_task_options, local_node_resources
 from pipeline.engine.stats import StageClock
-from pipeline.errors import VmpumpError
+from pipeline.engine.vm_backup import RunContext, backup_vm
 from pipeline.store.locks import RepositoryLock
 from pipeline.store.repository import Repository
-from pipeline.store.restore_point import DiskRecord, RestorePoint, VmRef
+from pipeline.store.restore_point import RestorePoint
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,14 @@ class VmPlan:
     incremental: bool
     prepare: Callable[[], AbstractContextManager[PreparedVm]]
     source_kind: str
+    host: str = "local"  # ESXi host: admission caps snapshots and reads per host
+    datastores: tuple[str, ...] = ("local",)  # of each disk, in disk order
 
 
 @dataclass
 class VmOutcome:
     name: str
+    admission_wait_s: float = 0.0
     point_id: str | None = None
     consistency: str | None = None
     disks: list[DiskResult] = field(default_factory=list)
@@ -69,6 +74,9 @@ class RunSummary:
     recovered_chunks: int
     report_key: str | None = None
     phases: dict[str, float] = field(default_factory=dict)  # driver-side time per phase
+    slots: int = 1  # proxy slots the run could use
+    grants: list = field(default_factory=list)  # admission GrantEvents: who held what, when
+    latency_decisions: list = field(default_factory=list)  # the latency gate's decisions, with reasons
 
     @property
     def failed(self) -> list[VmOutcome]:
@@ -87,11 +95,26 @@ class RunSummary:
         return {k: sum(getattr(d, k) for o in self.outcomes for d in o.disks) for k in keys}
 
     def stage_clock(self) -> StageClock:
+        """Busy time and bytes per stage over every disk, with the VMs' waits for admission."""
         clock = StageClock()
         for o in self.outcomes:
             for d in o.disks:
                 clock = clock.merged(d.stats)
+            clock.add("admission_wait", o.admission_wait_s)
         return clock
+
+    def bottleneck(self, cores_per_proxy: int = 8) -> BottleneckReport | None:
+        disks = sum(len(o.disks) for o in self.outcomes)
+        if not disks or self.wall_s <= 0:
+            return None
+        clock = self.stage_clock()
+        return analyze_bottleneck(
+            clock.busy_s,
+            clock.bytes,
+            self.wall_s,
+            max(1, min(self.slots, disks)),
+            cores_per_proxy=cores_per_proxy,
+        )
 
 
 def new_run_id() -> str:
@@ -152,8 +175,15 @@ def run_backup(
     max_parallel_vms: int | None = None,
     task_retries: int = 1,
     run_id: str | None = None,
+    admit: bool = True,
+    latency_source: Callable[[], object] | None = None,
+    latency_poll_s: float = 20.0,
 ) -> RunSummary:
-    """Back up ``plans``; Ray must be initialized. Never raises for one VM's failure."""
+    """Back up ``plans``; Ray must be initialized. Never raises for one VM's failure.
+
+    With ``admit`` (the default) an admission actor enforces the job's per-host and per-datastore
+    limits and the latency gate fed by ``latency_source`` (a factory, run inside the actor).
+    """
     started = time.perf_counter()
     phases: dict[str, float] = {}
     run_id = run_id or new_run_id()
@@ -174,8 +204,20 @@ def run_backup(
         slots = max(1, int(ray.cluster_resources().get("backup_slots", 1)))
         parallel = max_parallel_vms or slots
 
+        admission = (
+            start_admission(placement_limits(cfg.placement), latency_source, poll_interval_s=latency_poll_s)
+            if admit
+            else None
+        )
+        phases["admission_start_s"] = (
+            time.perf_counter() - started - phases["recover_s"] - phases["index_start_s"]
+        )
+        ctx = RunContext(
+            cfg.name, repo, location, index, task, admission, _remote_progress(progress), lease_s
+        )
+
         def one_vm(plan: VmPlan) -> VmOutcome:
-            return _backup_vm(cfg, plan, repo, location, index, task, progress, lease_s)
+            return backup_vm(ctx, plan)
 
         vms_started = time.perf_counter()
         try:
@@ -187,8 +229,16 @@ def run_backup(
             _drain(progress, on_progress)
         finally:
             index.stop()
+            if admission is not None:
+                grants = ray.get(admission.grants_log.remote())
+                decisions = ray.get(admission.decisions_log.remote())
+                ray.kill(admission)
         phases["vms_s"] = time.perf_counter() - vms_started
-        summary = RunSummary(run_id, outcomes, time.perf_counter() - started, len(recovered), phases=phases)
+        summary = RunSummary(
+            run_id, outcomes, time.perf_counter() - started, len(recovered), phases=phases, slots=slots
+        )
+        if admission is not None:
+            summary.grants, summary.latency_decisions = grants, decisions
         from pipeline.engine.report import write_run_report
 
         summary.report_key = write_run_report(repo, cfg.name, summary)
@@ -227,76 +277,6 @@ def _drain(progress: ray.actor.ActorHandle | None, on_progress: Callable[[str, i
         return
     for disk_key, nbytes in ray.get(progress.drain.remote()).items():
         on_progress(disk_key, nbytes)
-
-
-def _backup_vm(
-    cfg: JobConfig,
-    plan: VmPlan,
-    repo: Repository,
-    location: RepoLocation,
-    index: DedupIndex,
-    task: ray.remote_function.RemoteFunction,
-    progress: ray.actor.ActorHandle | None,
-    lease_s: float,
-) -> VmOutcome:
-    outcome = VmOutcome(plan.name)
-    started = time.perf_counter()
-    try:
-        with plan.prepare() as prepared:
-            refs = [
-                task.remote(job, location, index, progress=_remote_progress(progress), lease_s=lease_s)
-                for job in prepared.jobs
-            ]
-            results: list[DiskResult] = ray.get(refs)
-        # the snapshot is gone here; make every new chunk findable, then publish the point
-        index.flush()
-        point = RestorePoint(
-            id=RestorePoint.new_id(),
-            vm=VmRef(plan.name, plan.vm_id),
-            created=datetime.now(timezone.utc),
-            disks=tuple(
-                DiskRecord(
-                    r.disk_key,
-                    r.label,
-                    r.capacity,
-                    r.manifest_key,
-                    r.change_id,
-                    r.full_read,
-                    r.full_read_reason,
-                )
-                for r in results
-            ),
-            consistency=prepared.consistency,  # type: ignore[arg-type]
-            source_kind=plan.source_kind,
-            job_name=cfg.name,
-            stats={
-                "bytes_read": sum(r.bytes_read for r in results),
-                "new_bytes": sum(r.new_bytes for r in results),
-                "stored_bytes": sum(r.stored_bytes for r in results),
-                "wall_s": time.perf_counter() - started,
-            },
-        )
-        repo.commit_restore_point(point)
-        outcome.point_id, outcome.consistency, outcome.disks = point.id, point.consistency, results
-    except Exception as exc:  # one VM's failure is reported, the run goes on
-        outcome.error = _one_line(exc)
-        log.error("backup of %s failed: %s", plan.name, outcome.error)
-    outcome.wall_s = time.perf_counter() - started
-    return outcome
-
-
-def _one_line(exc: BaseException) -> str:
-    """A user-facing cause, unwrapping Ray's task error around ours."""
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            exc = cause
-    if isinstance(exc, VmpumpError):
-        return str(exc)
-    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.RayActorError):
-        return "a worker process died during the backup — nothing was committed for this VM; rerun the job"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _remote_progress(sink: ray.actor.ActorHandle | None) -> Callable[[str, int], None] | None:

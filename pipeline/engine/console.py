@@ -16,6 +16,7 @@ from rich.progress import (
 from rich.table import Table
 
 from pipeline.engine.backup import RunSummary, VmPlan
+from pipeline.engine.bottleneck import render_bottleneck
 
 
 class BackupProgress:
@@ -83,6 +84,9 @@ def print_summary(console: Console, summary: RunSummary) -> None:
                 )
             elif d.full_read and d.full_read_reason:
                 console.print(f"[yellow]warning:[/yellow] {o.name} {d.disk_key}: {d.full_read_reason}")
+    report = summary.bottleneck()
+    if report is not None:
+        console.print(render_bottleneck(report))
     t = summary.totals()
     rate = t["bytes_read"] / summary.wall_s if summary.wall_s > 0 else 0.0
     console.print(

@@ -20,12 +20,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.engine.admission import ReadThrottle
 from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
@@ -60,6 +61,7 @@ class DiskJob:
     extents: tuple[Extent, ...] | None = None  # precomputed changed extents; None: ask the source
     full_read_reason: str | None = None  # why the driver decided to read in full, if it did
     guard_share: float = 0.001  # share of unchanged blocks the CBT guard re-reads (0: no guard)
+    datastore: str = ""  # where the disk lives: the latency gate throttles its reads
 
 
 @dataclass
@@ -95,6 +97,8 @@ def backup_disk(
     threads: int = 2,
     progress: Callable[[str, int], None] | None = None,
     lease_s: float = 30.0,
+    admission: Any = None,
+    datastore: str = "",
 ) -> DiskResult:
     """Back up one disk; returns where its manifest is. Raises on any failure: nothing is committed here."""
     started = time.perf_counter()
@@ -108,7 +112,8 @@ def backup_disk(
     heartbeat.start()
     rss = _PeakRss()
     try:
-        run = _DiskRun(job, repo, source, index, owner, threads, progress)
+        throttle = ReadThrottle(admission, datastore or job.datastore) if admission is not None else None
+        run = _DiskRun(job, repo, source, index, owner, threads, progress, throttle)
         run.execute()
         manifest_key = run.write_manifest()
         result = run.result(manifest_key)
@@ -165,6 +170,7 @@ class _DiskRun:
         owner: str,
         threads: int,
         progress: Callable[[str, int], None] | None,
+        throttle: ReadThrottle | None = None,
     ) -> None:
         self.job, self.repo, self.source, self.index, self.owner = job, repo, source, index, owner
         self.block_size: int = repo.config.block_size
@@ -172,6 +178,7 @@ class _DiskRun:
         self.capacity = source.capacity
         self.zero_id: bytes = repo.chunk_id(bytes(self.block_size))
         self.progress = progress
+        self.throttle = throttle
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="vmpump-cpu")
         self.uploads = ThreadPoolExecutor(UPLOADS_IN_FLIGHT, thread_name_prefix="vmpump-upload")
         self.upload_slots = threading.Semaphore(UPLOADS_IN_FLIGHT)
@@ -261,6 +268,9 @@ class _DiskRun:
         def read_all() -> None:
             try:
                 for run in block_runs(offsets, self.block_size, max(READ_RUN, self.block_size)):
+                    if self.throttle is not None:  # the datastore is slow: the latency gate says wait
+                        with self.clock.stage("admission_wait"):
+                            self.throttle.pause()
                     length = min(run.length, self.capacity - run.offset)
                     with self.clock.stage("source_read", length):
                         data = memoryview(self.source.read(run.offset, length))

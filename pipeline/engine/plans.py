@@ -6,7 +6,7 @@ their disks, one generation further per restore point, so nightly change is simu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -87,3 +87,12 @@ def open_plans(cfg: JobConfig, repo: Repository, run_id: str) -> Iterator[list[V
 
     with vsphere_plans(cfg, repo, run_id) as plans:
         yield plans
+
+
+def latency_source_of(cfg: JobConfig) -> Callable[[], object] | None:
+    """The latency gate's source for the job: vCenter's performance counters, or none."""
+    if cfg.source != "vsphere" or cfg.vcenter is None:
+        return None
+    from pipeline.engine.vsphere_plans import VcenterLatency, endpoint_of
+
+    return VcenterLatency(endpoint_of(cfg.vcenter))

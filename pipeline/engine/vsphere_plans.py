@@ -19,11 +19,14 @@ from functools import partial
 from pipeline.config import JobConfig, VCenterConfig
 from pipeline.engine.backup import PreparedVm, VmPlan, previous_points
 from pipeline.engine.disk_task import DiskJob
+from pipeline.engine.latency import LatencySource
+from pipeline.errors import VmpumpError
 from pipeline.source.vsphere import SnapshotDisk, TransportOptions, open_vsphere_source, snapshot_disks
 from pipeline.store.repository import Repository
 from pipeline.vsphere.cbt import enable_cbt
 from pipeline.vsphere.connection import Connection, VsphereEndpoint, connect
 from pipeline.vsphere.inventory import VmInfo, load_inventory
+from pipeline.vsphere.perf import VcenterPerf
 from pipeline.vsphere.snapshots import backup_snapshot, hunt_orphans
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,8 @@ def vsphere_plans(cfg: JobConfig, repo: Repository, run_id: str) -> Iterator[lis
                     incremental=prev is not None,
                     prepare=partial(_prepare_vm, conn, endpoint, cfg, vm, vm_id, prev, run_id),
                     source_kind="vsphere",
+                    host=vm.host,
+                    datastores=tuple(d.datastore for d in vm.disks),
                 )
             )
         yield plans
@@ -140,9 +145,29 @@ def _prepare_vm(
                     previous_manifest=old.manifest_key if usable else None,
                     full_read_reason=_full_reason(old, disk) if old is not None and not usable else None,
                     guard_share=cfg.backup.cbt_guard_share,
+                    datastore=disk.datastore,
                 )
             )
         yield PreparedVm(tuple(jobs), snap.consistency)
+
+
+@dataclass(frozen=True)
+class VcenterLatency:
+    """Builds the latency gate's source inside the admission actor (a session does not pickle)."""
+
+    endpoint: VsphereEndpoint
+
+    def __call__(self) -> LatencySource:
+        try:
+            return VcenterPerf(connect(self.endpoint))
+        except VmpumpError as exc:  # no counters, no gate: backups still run, within the static caps
+            log.warning("datastore latency unavailable (%s); the latency gate is off", exc)
+            return _NoLatency()
+
+
+class _NoLatency:
+    def datastore_latency_ms(self) -> dict[str, float]:
+        return {}
 
 
 def _full_reason(old, disk: SnapshotDisk) -> str:  # noqa: ANN001 - DiskRecord
