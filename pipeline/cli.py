@@ -204,6 +204,62 @@ def demo(
     run_demo(out, synthetic=synthetic, s3=s3, workdir=workdir)
 
 
+@app.command()
+def plan(
+    window: str = typer.Option("8h", help="the backup window, like 8h or 6.5h"),
+    estate: Path | None = typer.Option(None, help="what-if estate YAML (see configs/estate-5000.yaml)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="plan the job's real inventory instead"),
+    cores_per_proxy: int = typer.Option(16, help="cores of one proxy, to count proxies"),
+    change_rate: float = typer.Option(0.05, help="nightly change rate where the catalog has none"),
+) -> None:
+    """Size proxies for a backup window and simulate the night under the admission rules."""
+    from pipeline.engine.placement import PlacementLimits
+    from pipeline.ops.window import parse_window_hours, plan_window, render_window_plan
+
+    if (estate is None) == (config is None):
+        raise UsageError(
+            "plan needs exactly one of --estate FILE or --config job.yaml", "see vmpump plan --help"
+        )
+    limits = PlacementLimits()
+    if estate is not None:
+        from pipeline.ops.estate import load_estate
+
+        the_estate = load_estate(estate)
+    else:
+        the_estate, limits = _estate_of_job(config, change_rate)  # type: ignore[arg-type]
+    hours = parse_window_hours(window)
+    out.print(
+        render_window_plan(plan_window(the_estate, hours, limits=limits, cores_per_proxy=cores_per_proxy))
+    )
+
+
+def _estate_of_job(config: Path, change_rate: float):  # noqa: ANN202 - (Estate, PlacementLimits)
+    """The job's VMs from vCenter, with the change rates this repository's runs measured."""
+    from types import SimpleNamespace
+
+    from pipeline.config import load_config
+    from pipeline.engine.backup import placement_limits
+    from pipeline.engine.report import measured_change_rates
+    from pipeline.ops.estate import estate_from_inventory
+    from pipeline.store.repository import Repository
+    from pipeline.vsphere.inventory import load_inventory
+
+    cfg = load_config(config)
+    rates = measured_change_rates(Repository.open(open_repository_store(config, None, None, None)))
+    with _vcenter(config) as conn:
+        vms = [
+            SimpleNamespace(
+                name=vm.name,
+                host=vm.host,
+                disks=[SimpleNamespace(capacity_bytes=d.capacity, datastore=d.datastore) for d in vm.disks],
+                change_rate=rates.get(vm.name, change_rate),
+            )
+            for vm in load_inventory(conn).vms
+            if cfg.selection.matches(vm.name) and vm.disks
+        ]
+    return estate_from_inventory(vms, change_rate), placement_limits(cfg.placement)
+
+
 snapshots_app = typer.Typer(
     help="vmpump snapshots on the VMs: list them, hunt down orphans.", no_args_is_help=True
 )

@@ -86,3 +86,17 @@ def read_run_reports(repo: Repository) -> pa.Table | None:
         pq.read_table(io.BytesIO(repo.store.get(k))) for k in sorted(repo.store.list_keys(REPORT_PREFIX))
     ]
     return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def measured_change_rates(repo: Repository) -> dict[str, float]:
+    """Per VM name: the mean share of its disks read by incremental runs (what changes a night)."""
+    table = read_run_reports(repo)
+    if table is None:
+        return {}
+    sums: dict[str, list[float]] = {}
+    for row in table.select(["vm", "status", "full_read", "bytes_read", "capacity"]).to_pylist():
+        if row["status"] == "ok" and row["full_read"] is False and row["capacity"]:
+            acc = sums.setdefault(row["vm"], [0.0, 0.0])
+            acc[0] += row["bytes_read"]
+            acc[1] += row["capacity"]
+    return {vm: read / cap for vm, (read, cap) in sums.items() if cap}

@@ -75,3 +75,26 @@ repository: {{url: "file://{tmp_path}/repo"}}
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: cannot reach vCenter at 127.0.0.1:9"), lines[0]
+
+
+def test_plan_sizes_the_jobs_real_inventory(job_file):
+    path, env = job_file
+    assert vmpump("init", "-c", str(path), env=env).returncode in (
+        0,
+        1,
+    )  # exists already after the backup test
+    result = vmpump("plan", "-c", str(path), "--window", "1h", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Backup window plan: 1 h" in result.stdout and "1 VMs" in result.stdout
+
+
+def test_plan_of_a_what_if_estate_file(tmp_path):
+    estate = tmp_path / "estate.yaml"
+    estate.write_text("""
+vms:
+  - {name: db, host: esx1, change_rate: 0.1, disks: [{size: 2TiB, datastore: ds1}]}
+  - {name: web, host: esx2, disks: [{size: 500GiB, datastore: ds2}]}
+""")
+    result = vmpump("plan", "--estate", str(estate), "--window", "6h")
+    assert result.returncode == 0, result.stderr
+    assert "2 VMs" in result.stdout
