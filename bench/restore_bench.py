@@ -1,0 +1,99 @@
+"""Restore and verify benchmarks (issue 5), printed as ratios against the backup of the same disk
+measured in the same run.
+
+  1. back up a mixed synthetic disk (written to an image file and read from the page cache, so the
+     backup figure is the pipeline's, not the generator's) on a local Ray;
+  2. restore it to a sparse image file on Ray: restore MB/s vs backup MB/s (target >= 1.5x);
+  3. verify quick and full of the repository: MB/s of disk covered, vs backup.
+
+Run: .venv/bin/python bench/restore_bench.py [--size-mib N] [--tasks N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+from common import MiB, job, mixed_disk, plan, timed_backup, warm, write_image
+
+from pipeline.engine.dedup import RepoLocation
+from pipeline.engine.placement import proxy_resources
+from pipeline.ops.restore import RestoreTuning, restore_disk
+from pipeline.ops.targets import FileTarget
+from pipeline.ops.verify import verify_repository
+from pipeline.source.image import ImageFile
+from pipeline.store.backend import open_store
+from pipeline.store.repository import Repository
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--tasks", type=int, default=2, help="restore tasks per disk")
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources=proxy_resources(2),
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * MiB,
+    )
+    with tempfile.TemporaryDirectory(prefix="vmpump-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        work = Path(tmp)
+        image = write_image(mixed_disk(size, seed=21), work / "disk.img")
+        url = f"file://{work}/repo"
+        Repository.init(open_store(url))
+        warm(image)
+        backup_wall, summary = timed_backup(job(url), [plan("bench", ImageFile(str(image)), size)])
+        location = RepoLocation(url)
+        repo = location.open()
+        (point,) = repo.restore_points()
+        stored = summary.totals()["stored_bytes"]
+
+        target = FileTarget(work / "restored.img")
+        result = restore_disk(location, point, point.disks[0], target, RestoreTuning(tasks=args.tasks))
+        if target.path.read_bytes() != image.read_bytes():
+            raise SystemExit("restored image differs from the source")
+        quick_start = time.perf_counter()
+        quick = verify_repository(location, mark=False)
+        quick_wall = time.perf_counter() - quick_start
+        full_start = time.perf_counter()
+        full = verify_repository(location, full=True, mark=False)
+        full_wall = time.perf_counter() - full_start
+        if not (quick.ok and full.ok):
+            raise SystemExit("verify found problems in a fresh repository")
+
+    backup = size / MiB / backup_wall
+    restore = result.mb_per_s
+    print(
+        f"[disk] {size // MiB} MiB mixed disk, {stored / MiB:.0f} MiB stored in "
+        f"{summary.totals()['packs']} packs, {result.chunks} chunks"
+    )
+    print(f"[backup]  {backup_wall:.2f}s  {backup:.0f} MiB/s of disk")
+    print(
+        f"[restore] {result.wall_s:.2f}s  {restore:.0f} MiB/s of disk, {result.gets} ranged GETs, "
+        f"{args.tasks} tasks"
+    )
+    print(f"[restore] ratio restore/backup = {restore / backup:.2f}x  (target >= 1.5x)")
+    print(
+        f"[verify]  quick {quick_wall:.2f}s ({size / MiB / quick_wall:.0f} MiB/s of disk, "
+        f"{quick.packs} packs), full {full_wall:.2f}s ({size / MiB / full_wall:.0f} MiB/s of disk, "
+        f"{full.bytes_read / MiB / full_wall:.0f} MiB/s of packs read)"
+    )
+    print(
+        f"[verify]  ratio full/backup = {size / full_wall / (size / backup_wall):.2f}x, "
+        f"quick/backup = {backup_wall / quick_wall:.1f}x"
+    )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
