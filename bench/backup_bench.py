@@ -98,6 +98,9 @@ def bench_incremental(workdir: Path, size: int) -> None:
         cfg, [plan("incr", disk.at_generation(1), size, (d.change_id, d.manifest_key))]
     )
     share = incr.totals()["bytes_read"] / max(1, full.totals()["bytes_read"])
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in incr.phases.items())
+    disk_wall = incr.outcomes[0].disks[0].wall_s
+    print(f"[incremental] where the incremental's time went: {phases}; the disk task itself {disk_wall:.2f}s")
     print(
         f"[incremental] full {full_wall:.2f}s, incremental {incr_wall:.2f}s reading {share:.1%} of the full's bytes"
     )

@@ -7,6 +7,7 @@ only with ``--debug``. Heavy imports (Ray, pyvmomi) happen inside the commands t
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes get whole table rows
 _state = {"debug": False}
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="job YAML file", exists=False)
@@ -144,25 +145,25 @@ def backup(
 ) -> None:
     """Back up the job's VMs: full the first time, CBT-incremental after."""
     from pipeline.config import load_config
-    from pipeline.engine.plans import build_plans
-
-    cfg = load_config(config)
-    store = open_repository_store(config, None, None, None)
+    from pipeline.engine.backup import ensure_ray, new_run_id, run_backup
+    from pipeline.engine.console import BackupProgress, print_summary
+    from pipeline.engine.plans import open_plans
     from pipeline.store.repository import Repository
 
-    repo = Repository.open(store)
-    plans = build_plans(cfg, repo)
-    if not plans:
-        raise UsageError("the job selects no VM", "check selection.vms and selection.exclude in the job file")
-    if dry_run:
-        _print_plan(plans)
-        return
-    from pipeline.engine.backup import ensure_ray, run_backup
-    from pipeline.engine.console import BackupProgress, print_summary
-
-    ensure_ray(cfg, ray_address)
-    with BackupProgress(out, plans) as progress:
-        summary = run_backup(cfg, plans, on_progress=progress.advance)
+    cfg = load_config(config)
+    repo = Repository.open(open_repository_store(config, None, None, None))
+    run_id = new_run_id()
+    with open_plans(cfg, repo, run_id) as plans:
+        if not plans:
+            raise UsageError(
+                "the job selects no VM", "check selection.vms and selection.exclude in the job file"
+            )
+        if dry_run:
+            _print_plan(plans)
+            return
+        ensure_ray(cfg, ray_address)
+        with BackupProgress(out, plans) as progress:
+            summary = run_backup(cfg, plans, on_progress=progress.advance, run_id=run_id)
     print_summary(out, summary)
     if summary.failed:
         raise BackupFailed(
@@ -183,6 +184,81 @@ def _print_plan(plans: list) -> None:  # noqa: ANN001 - VmPlan
         )
     out.print(table)
     out.print(f"{len(plans)} VMs, {_human(sum(p.capacity for p in plans))} provisioned")
+
+
+@app.command()
+def demo(
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="generated disks instead of the vCenter simulator"
+    ),
+    s3: bool = typer.Option(
+        False, "--s3", help="an S3 repository on a local moto server instead of a directory"
+    ),
+    workdir: Path | None = typer.Option(None, help="keep everything here (default: a temporary directory)"),
+) -> None:
+    """Back up, change, back up again and restore, proving every restore byte-identical."""
+    from pipeline.demo import run_demo
+
+    run_demo(out, synthetic=synthetic, s3=s3, workdir=workdir)
+
+
+snapshots_app = typer.Typer(
+    help="vmpump snapshots on the VMs: list them, hunt down orphans.", no_args_is_help=True
+)
+app.add_typer(snapshots_app, name="snapshots")
+
+
+def _vcenter(config: Path):  # noqa: ANN202 - a pyvmomi-backed Connection
+    from pipeline.config import load_config
+    from pipeline.engine.vsphere_plans import endpoint_of
+    from pipeline.vsphere.connection import connect
+
+    cfg = load_config(config)
+    if cfg.vcenter is None:
+        raise UsageError(
+            f"{config} has no vcenter section", "snapshots are a vSphere matter; use a vsphere job file"
+        )
+    return connect(endpoint_of(cfg.vcenter))
+
+
+@snapshots_app.command("list")
+def snapshots_list(config: Path = typer.Option(..., "--config", "-c", help="job YAML file")) -> None:
+    """List the snapshots vmpump made that still exist."""
+    from pipeline.vsphere.inventory import load_inventory
+    from pipeline.vsphere.snapshots import DESCRIPTION_PREFIX, NAME_PREFIX
+
+    table = Table("vm", "snapshot", "created (UTC)", "description")
+    with _vcenter(config) as conn:
+        for vm in load_inventory(conn).vms:
+            for snap in vm.snapshots:
+                if snap.name.startswith(NAME_PREFIX) and snap.description.startswith(DESCRIPTION_PREFIX):
+                    created = snap.create_time.strftime("%Y-%m-%d %H:%M:%S") if snap.create_time else "?"
+                    table.add_row(vm.name, snap.name, created, snap.description)
+    out.print(table if table.row_count else "no vmpump snapshots")
+
+
+@snapshots_app.command("hunt")
+def snapshots_hunt(
+    config: Path = typer.Option(..., "--config", "-c", help="job YAML file"),
+    older_than: str = typer.Option("6h", help="only snapshots older than this (30m, 6h, 2d)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="report, remove nothing"),
+) -> None:
+    """Remove vmpump snapshots left behind by crashed runs."""
+    from pipeline.vsphere.snapshots import hunt_orphans
+
+    with _vcenter(config) as conn:
+        found = hunt_orphans(conn, older_than=_duration(older_than), dry_run=dry_run)
+    for o in found:
+        out.print(f"{'removed' if o.removed else 'would remove'} {o.snapshot.name} of {o.vm_name}")
+    out.print(f"{len(found)} orphaned vmpump snapshots{' (dry run)' if dry_run else ''}")
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    except (KeyError, ValueError, IndexError):
+        raise UsageError(f"{text!r} is not a duration", "write it like 30m, 6h or 2d") from None
 
 
 def _human(n: float) -> str:

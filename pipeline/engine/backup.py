@@ -8,13 +8,14 @@ point record. A VM whose disks fail gets no restore point; the others go on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import ray
 
@@ -24,6 +25,7 @@ from pipeline.engine.disk_task import DiskJob, DiskResult, backup_disk
 from pipeline.engine.placement import PlacementLimits, disk_task_options, local_node_resources
 from pipeline.engine.stats import StageClock
 from pipeline.errors import VmpumpError
+from pipeline.store.locks import RepositoryLock
 from pipeline.store.repository import Repository
 from pipeline.store.restore_point import DiskRecord, RestorePoint, VmRef
 
@@ -66,6 +68,7 @@ class RunSummary:
     wall_s: float
     recovered_chunks: int
     report_key: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # driver-side time per phase
 
     @property
     def failed(self) -> list[VmOutcome]:
@@ -89,6 +92,10 @@ class RunSummary:
             for d in o.disks:
                 clock = clock.merged(d.stats)
         return clock
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
 
 
 def location_of(cfg: JobConfig) -> RepoLocation:
@@ -140,21 +147,26 @@ def run_backup(
     plans: list[VmPlan],
     *,
     on_progress: Callable[[str, int], None] | None = None,
-    dedup_shards: int = 2,
+    dedup_shards: int | None = None,
     lease_s: float = 30.0,
     max_parallel_vms: int | None = None,
     task_retries: int = 1,
+    run_id: str | None = None,
 ) -> RunSummary:
     """Back up ``plans``; Ray must be initialized. Never raises for one VM's failure."""
     started = time.perf_counter()
-    run_id = uuid.uuid4().hex
+    phases: dict[str, float] = {}
+    run_id = run_id or new_run_id()
     location = location_of(cfg)
     repo = location.open()
-    lock = repo.lock("shared", owner=f"backup:{cfg.name}:{run_id[:8]}")
+    lock = repo.lock("shared", owner=f"backup:{cfg.name}:{run_id[:8]}", lease=LOCK_LEASE)
+    keeper = _LockKeeper(lock)
     try:
         # a crashed run's packs are indexed first, so this run deduplicates against them
         recovered = repo.recover_unindexed_packs()
+        phases["recover_s"] = time.perf_counter() - started
         index = DedupIndex.start(location, shards=dedup_shards, lease_s=lease_s)
+        phases["index_start_s"] = time.perf_counter() - started - phases["recover_s"]
         progress = _ProgressSink.start() if on_progress is not None else None
         task = ray.remote(backup_disk).options(
             **disk_task_options(placement_limits(cfg.placement)), max_retries=task_retries
@@ -165,23 +177,49 @@ def run_backup(
         def one_vm(plan: VmPlan) -> VmOutcome:
             return _backup_vm(cfg, plan, repo, location, index, task, progress, lease_s)
 
+        vms_started = time.perf_counter()
         try:
             with ThreadPoolExecutor(parallel, thread_name_prefix="vmpump-vm") as pool:
                 futures = [pool.submit(one_vm, p) for p in plans]
-                while not all(f.done() for f in futures):
+                while wait(futures, timeout=0.25).not_done:
                     _drain(progress, on_progress)
-                    time.sleep(0.2)
                 outcomes = [f.result() for f in futures]
             _drain(progress, on_progress)
         finally:
             index.stop()
-        summary = RunSummary(run_id, outcomes, time.perf_counter() - started, len(recovered))
+        phases["vms_s"] = time.perf_counter() - vms_started
+        summary = RunSummary(run_id, outcomes, time.perf_counter() - started, len(recovered), phases=phases)
         from pipeline.engine.report import write_run_report
 
         summary.report_key = write_run_report(repo, cfg.name, summary)
         return summary
     finally:
+        keeper.stop()
         lock.release()
+
+
+LOCK_LEASE = timedelta(minutes=10)
+
+
+class _LockKeeper:
+    """Refreshes the run's shared lock well within its lease, for runs of any length."""
+
+    def __init__(self, lock: RepositoryLock) -> None:
+        self._lock = lock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vmpump-lock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOCK_LEASE.total_seconds() / 4):
+            try:
+                self._lock.refresh()
+            except Exception as exc:  # the lease outlives a few failed refreshes; say so, go on
+                log.warning("could not refresh the repository lock: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _drain(progress: ray.actor.ActorHandle | None, on_progress: Callable[[str, int], None] | None) -> None:

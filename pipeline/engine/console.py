@@ -50,6 +50,9 @@ class BackupProgress:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if exc_type is None:  # the bars count provisioned bytes; CBT skipped what did not need reading
+            for task in self.progress.tasks:
+                self.progress.update(task.id, completed=task.total)
         self.progress.stop()
 
 
@@ -72,6 +75,14 @@ def print_summary(console: Console, summary: RunSummary) -> None:
             o.name, status, o.consistency or "-", human(read), human(new), human(stored), f"{o.wall_s:.1f}s"
         )
     console.print(table)
+    for o in summary.outcomes:
+        for d in o.disks:
+            if d.guard_mismatches:
+                console.print(
+                    f"[bold red]CBT was wrong[/bold red] for {o.name} {d.disk_key}: {d.full_read_reason}"
+                )
+            elif d.full_read and d.full_read_reason:
+                console.print(f"[yellow]warning:[/yellow] {o.name} {d.disk_key}: {d.full_read_reason}")
     t = summary.totals()
     rate = t["bytes_read"] / summary.wall_s if summary.wall_s > 0 else 0.0
     console.print(

@@ -131,11 +131,18 @@ class DedupIndex:
         self.shards = shards
 
     @classmethod
-    def start(cls, location: RepoLocation, shards: int = 2, lease_s: float = 30.0) -> DedupIndex:
+    def start(cls, location: RepoLocation, shards: int | None = None, lease_s: float = 30.0) -> DedupIndex:
+        """Start the shards; they load the index in the background while the run prepares VMs.
+
+        One shard per proxy node by default (at most 8): enough to spread claims, few processes.
+        """
+        if shards is None:
+            proxies = [
+                n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("backup_slots")
+            ]
+            shards = max(1, min(8, len(proxies)))
         actor = ray.remote(num_cpus=0, max_restarts=0)(DedupShard)
-        handles = [actor.remote(location, i, shards, lease_s) for i in range(shards)]
-        ray.get([h.size.remote() for h in handles])  # fail here, clearly, if the index cannot load
-        return cls(handles)
+        return cls([actor.remote(location, i, shards, lease_s) for i in range(shards)])
 
     def _route(self, ids: Sequence[bytes]) -> list[list[int]]:
         groups: list[list[int]] = [[] for _ in self.shards]

@@ -10,10 +10,12 @@ the disk size.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 import uuid
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,13 +23,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
-from pipeline.source.base import ChangeIdInvalidError, DiskSource
+from pipeline.source.base import ChangedAreasError, ChangeIdInvalidError, DiskSource
 from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
 from pipeline.store.manifest import DiskManifest, merge_manifest
+
+log = logging.getLogger(__name__)
 
 READ_RUN = 8 << 20  # one read: large enough for a datastore to stream, small enough to bound memory
 READ_AHEAD = 2
@@ -52,6 +59,7 @@ class DiskJob:
     previous_manifest: str | None = None
     extents: tuple[Extent, ...] | None = None  # precomputed changed extents; None: ask the source
     full_read_reason: str | None = None  # why the driver decided to read in full, if it did
+    guard_share: float = 0.001  # share of unchanged blocks the CBT guard re-reads (0: no guard)
 
 
 @dataclass
@@ -73,6 +81,8 @@ class DiskResult:
     stored_bytes: int = 0  # what they took in packs
     packs: int = 0
     wall_s: float = 0.0
+    guard_sampled: int = 0  # unchanged blocks the CBT guard re-read
+    guard_mismatches: int = 0  # of which differed: CBT lied and the disk was read in full
     peak_rss_growth: int = 0  # resident memory the task added at its peak, bytes
     stats: StageClock = field(default_factory=StageClock)
 
@@ -168,7 +178,7 @@ class _DiskRun:
         self.in_flight: list[Future[None]] = []
         self.writer: PackWriter = repo.pack_writer()
         self.clock = StageClock()
-        self.changed: dict[int, bytes | None] = {}
+        self.changed = _BlockLog()
         self.waiting: dict[bytes, list[int]] = {}  # chunk id → offsets whose upload another owner claimed
         self.full_read = job.previous_manifest is None
         self.full_read_reason = job.full_read_reason
@@ -191,13 +201,19 @@ class _DiskRun:
     def _extents(self) -> list[Extent]:
         if self.job.extents is not None:
             return list(self.job.extents)
-        since = self.job.since if self.job.previous_manifest is not None else None
+        if self.job.previous_manifest is not None:
+            try:
+                return self.source.changed_extents(self.job.since)
+            except (ChangeIdInvalidError, ChangedAreasError) as exc:
+                self.full_read = True
+                self.full_read_reason = f"changed areas unusable ({exc.cause}); read in full"
+                log.warning("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, self.full_read_reason)
         try:
-            return self.source.changed_extents(since)
-        except ChangeIdInvalidError as exc:
-            self.full_read = True
-            self.full_read_reason = f"changed areas unavailable ({exc.cause}); read in full"
             return self.source.changed_extents(None)
+        except ChangedAreasError as exc:  # never a silent gap: read every byte, zeros become holes
+            self.full_read_reason = f"allocated areas unusable ({exc.cause}); read every block"
+            log.warning("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, self.full_read_reason)
+            return [Extent(0, self.capacity)]
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -207,6 +223,8 @@ class _DiskRun:
             # a full read that replaces everything: blocks not read are holes, not "unchanged"
             self.job = _without_previous(self.job)
         offsets = block_offsets(extents, self.block_size, self.capacity)
+        if self.job.previous_manifest is not None and self.job.guard_share > 0:
+            offsets = self._guard(offsets)
         try:
             self._pipeline(self._batches(offsets))
             self._seal_and_upload(self.writer.seal())
@@ -215,6 +233,25 @@ class _DiskRun:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.uploads.shutdown(wait=True, cancel_futures=True)
+
+    def _guard(self, offsets: list[int]) -> list[int]:
+        """Check CBT on a sample of unchanged blocks; on a lie, the offsets of a full read."""
+        assert self.job.previous_manifest is not None
+        previous = self.repo.read_manifest(self.job.previous_manifest)
+        sample = sample_unchanged(
+            offsets, self.capacity, self.block_size, self.job.guard_share, hash(self.owner)
+        )
+        with self.clock.stage("source_read", len(sample) * self.block_size):
+            guard = check_unchanged(self.source, previous, sample, self.block_size, self.repo.chunk_id)
+        self.counts["guard_sampled"] = guard.sampled
+        self.counts["guard_mismatches"] = len(guard.mismatches)
+        if not guard.lied:
+            return offsets
+        log.error("disk %s of %s: %s", self.job.disk_key, self.job.vm_name, guard.reason())
+        self.full_read, self.full_read_reason = True, guard.reason()
+        self.job = _without_previous(self.job)
+        # CBT lied: its list of allocated areas is no better than its list of changes; read every block
+        return block_offsets([Extent(0, self.capacity)], self.block_size, self.capacity)
 
     def _batches(self, offsets: list[int]) -> Iterator[list[tuple[int, memoryview]]]:
         """Blocks in read order, grouped in batches of about BATCH_BYTES; reads run ahead in a thread."""
@@ -310,7 +347,7 @@ class _DiskRun:
         ids = [f.result() for f in hashes]
         unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a batch is claimed once
         for (off, blk), cid in zip(batch, ids, strict=True):
-            self.changed[off] = cid
+            self.changed.add(off, cid)
             self.counts["bytes_read"] += len(blk)
             self.counts["blocks_read"] += 1
             if cid is None:
@@ -412,15 +449,17 @@ class _DiskRun:
         if job.previous_manifest is not None and not self.full_read:
             previous = self.repo.read_manifest(job.previous_manifest)
             manifest = merge_manifest(
-                previous, self.changed, capacity=self.capacity, change_id=self.source.change_id
+                previous, self.changed.as_mapping(), capacity=self.capacity, change_id=self.source.change_id
             )
         else:
-            manifest = DiskManifest.from_blocks(
-                disk_key=job.disk_key,
+            offsets, ids = self.changed.stored_blocks()
+            manifest = DiskManifest.from_arrays(
+                job.disk_key,
                 capacity=self.capacity,
                 block_size=self.block_size,
                 change_id=self.source.change_id,
-                blocks={off: cid for off, cid in self.changed.items() if cid is not None},
+                offsets=offsets,
+                chunk_ids=ids,
             )
         return self.repo.write_manifest(manifest)
 
@@ -437,6 +476,40 @@ class _DiskRun:
             stats=self.clock,
             **self.counts,
         )
+
+
+class _BlockLog:
+    """Every block read, in read (ascending offset) order: 41 bytes a block in flat buffers, not
+    a dict of Python objects, so a multi-terabyte disk's log stays a small share of the task."""
+
+    _HOLE = bytes(32)
+
+    def __init__(self) -> None:
+        self.offsets = array("q")
+        self.ids = bytearray()
+        self.holes = bytearray()
+
+    def add(self, offset: int, chunk_id: bytes | None) -> None:
+        self.offsets.append(offset)
+        self.ids += chunk_id if chunk_id is not None else self._HOLE
+        self.holes.append(chunk_id is None)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def as_mapping(self) -> dict[int, bytes | None]:
+        return {
+            off: None if hole else bytes(self.ids[i * 32 : i * 32 + 32])
+            for i, (off, hole) in enumerate(zip(self.offsets, self.holes, strict=True))
+        }
+
+    def stored_blocks(self) -> tuple[pa.Array, pa.Array]:
+        """Offsets and ids of the non-hole blocks, as Arrow arrays (no per-block Python objects)."""
+        n = len(self.offsets)
+        offsets = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.offsets.tobytes())])
+        ids = pa.Array.from_buffers(pa.binary(32), n, [None, pa.py_buffer(bytes(self.ids))])
+        keep = pc.equal(pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(bytes(self.holes))]), 0)
+        return offsets.filter(keep), ids.filter(keep)
 
 
 def _without_previous(job: DiskJob) -> DiskJob:

@@ -55,6 +55,7 @@ def synthetic_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
                     source=synthetic_disk(d, generations.get(vm_id, 0)),
                     since=old.change_id if old else None,
                     previous_manifest=old.manifest_key if old else None,
+                    guard_share=cfg.backup.cbt_guard_share,
                 )
             )
         plans.append(
@@ -76,10 +77,13 @@ def _ready(prepared: PreparedVm) -> Iterator[PreparedVm]:
     yield prepared
 
 
-def build_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
-    """The plans of a job, for whatever source it names."""
+@contextmanager
+def open_plans(cfg: JobConfig, repo: Repository, run_id: str) -> Iterator[list[VmPlan]]:
+    """The plans of a job, for whatever source it names, valid until the block ends."""
     if cfg.source == "synthetic":
-        return synthetic_plans(cfg, repo)
+        yield synthetic_plans(cfg, repo)
+        return
     from pipeline.engine.vsphere_plans import vsphere_plans
 
-    return vsphere_plans(cfg, repo)
+    with vsphere_plans(cfg, repo, run_id) as plans:
+        yield plans

@@ -22,73 +22,53 @@ if TYPE_CHECKING:
 REPORT_PREFIX = "reports/"
 
 
-def run_report_table(job_name: str, summary: RunSummary) -> pa.Table:
-    rows: dict[str, list] = {
-        k: []
-        for k in (
-            "run_id",
-            "job",
-            "finished",
-            "vm",
-            "disk",
-            "status",
-            "error",
-            "consistency",
-            "restore_point",
-            "capacity",
-            "full_read",
-            "full_read_reason",
-            "bytes_read",
-            "zero_blocks",
-            "dedup_blocks",
-            "new_chunks",
-            "new_bytes",
-            "stored_bytes",
-            "packs",
-            "disk_wall_s",
-            "vm_wall_s",
-            *(f"busy_{s}_s" for s in STAGES),
-        )
-    }
-    finished = datetime.now(timezone.utc)
+DISK_COLUMNS = (
+    "capacity", "full_read", "full_read_reason", "bytes_read", "blocks_read", "zero_blocks", "dedup_blocks",
+    "new_chunks", "new_bytes", "stored_bytes", "packs", "guard_sampled", "guard_mismatches", "peak_rss_growth",
+)  # fmt: skip
 
-    def add(vm, disk, **values) -> None:  # noqa: ANN001
+
+REPORT_KEYS = (
+    "run_id",
+    "job",
+    "finished",
+    "vm",
+    "status",
+    "error",
+    "consistency",
+    "restore_point",
+    "vm_wall_s",
+)
+
+
+def run_report_table(job_name: str, summary: RunSummary) -> pa.Table:
+    """One row per disk (a failed VM without disk results gets one row of its own)."""
+    finished = datetime.now(timezone.utc)
+    rows: list[dict] = []
+    for vm in summary.outcomes:
         base = {
             "run_id": summary.run_id,
             "job": job_name,
             "finished": finished,
             "vm": vm.name,
-            "disk": disk,
             "status": "failed" if vm.error else "ok",
             "error": vm.error,
             "consistency": vm.consistency,
             "restore_point": vm.point_id,
             "vm_wall_s": vm.wall_s,
         }
-        for k in rows:
-            rows[k].append(values.get(k, base.get(k)))
-
-    for vm in summary.outcomes:
         if not vm.disks:
-            add(vm, None)
+            rows.append({**base, "disk": None})
         for d in vm.disks:
-            add(
-                vm,
-                d.disk_key,
-                capacity=d.capacity,
-                full_read=d.full_read,
-                full_read_reason=d.full_read_reason,
-                bytes_read=d.bytes_read,
-                zero_blocks=d.zero_blocks,
-                dedup_blocks=d.dedup_blocks,
-                new_chunks=d.new_chunks,
-                new_bytes=d.new_bytes,
-                stored_bytes=d.stored_bytes,
-                packs=d.packs,
-                disk_wall_s=d.wall_s,
+            rows.append({
+                **base,
+                "disk": d.disk_key,
+                **{c: getattr(d, c) for c in DISK_COLUMNS},
+                "disk_wall_s": d.wall_s,
                 **{f"busy_{s}_s": d.stats.busy_s.get(s, 0.0) for s in STAGES},
-            )
-    return pa.table(rows)
+            })  # fmt: skip
+    columns = [*REPORT_KEYS, "disk", *DISK_COLUMNS, "disk_wall_s", *(f"busy_{s}_s" for s in STAGES)]
+    return pa.table({c: [r.get(c) for r in rows] for c in columns})
 
 
 def write_run_report(repo: Repository, job_name: str, summary: RunSummary) -> str:

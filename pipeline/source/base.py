@@ -20,6 +20,10 @@ class ChangeIdInvalidError(SourceError):
     """The changeId of the previous restore point is unknown to the source (CBT was reset)."""
 
 
+class ChangedAreasError(SourceError):
+    """The source's answer about changed areas cannot be trusted (it does not cover the disk)."""
+
+
 @runtime_checkable
 class DiskSource(Protocol):
     @property
