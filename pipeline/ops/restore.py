@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 from pipeline.engine.dedup import RepoLocation
 from pipeline.ops.errors import RestoreError
 from pipeline.ops.parallel import ordered_bounded, run_bounded, run_tasks
-from pipeline.ops.reader import BlockRead, fetch_blocks, plan_reads, table_reads
+from pipeline.ops.reader import fetch_blocks, plan_reads, table_reads
 from pipeline.ops.targets import FileTarget, RandomAccessTarget, RestoreTarget, StreamTarget
 from pipeline.store.restore_point import DiskRecord, RestorePoint
 
@@ -161,12 +161,11 @@ def restore_share(
 ) -> int:
     """Read and write one contiguous share of a disk's blocks; the number of GETs it took."""
     repo = location.open()
-    reads = table_reads(share)
-    windows = [reads[i : i + window_rows] for i in range(0, len(reads), window_rows)]
+    windows = _windows(share, window_rows)
     writer = target.open_writer()
 
-    def one(window: Sequence[BlockRead]) -> int:
-        blocks, gets = fetch_blocks(repo, window, point_id)
+    def one(window: pa.Table) -> int:
+        blocks, gets = fetch_blocks(repo, table_reads(window), point_id)
         for offset, data in blocks:
             writer.write(offset, data)
         return gets
@@ -175,6 +174,11 @@ def restore_share(
         return sum(run_bounded(one, windows, threads))
     finally:
         writer.close()
+
+
+def _windows(table: pa.Table, window_rows: int) -> list[pa.Table]:
+    # rows become Python objects one window at a time: a huge disk's block list stays in Arrow
+    return [table.slice(i, window_rows) for i in range(0, table.num_rows, window_rows)]
 
 
 def _shares(plan: pa.Table, tasks: int, window_rows: int) -> list[pa.Table]:
@@ -198,14 +202,15 @@ def _restore_stream(
     window_rows: int,
 ) -> int:
     repo = location.open()
-    reads = table_reads(plan)
-    windows = [reads[i : i + window_rows] for i in range(0, len(reads), window_rows)]
+    windows = _windows(plan, window_rows)
     gets = [0]
 
     def stream() -> Iterator[bytes | memoryview]:
         zeros = memoryview(bytes(4 * MiB))
         pos = 0
-        for blocks, n in ordered_bounded(lambda w: fetch_blocks(repo, w, point_id), windows, tuning.threads):
+        for blocks, n in ordered_bounded(
+            lambda w: fetch_blocks(repo, table_reads(w), point_id), windows, tuning.threads
+        ):
             gets[0] += n
             for offset, data in blocks:
                 while pos < offset:  # a hole: zeros, in pieces
