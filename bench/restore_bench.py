@@ -6,19 +6,20 @@ measured in the same run.
   2. restore it to a sparse image file on Ray: restore MB/s vs backup MB/s (target >= 1.5x);
   3. verify quick and full of the repository: MB/s of disk covered, vs backup.
 
-Run: .venv/bin/python bench/restore_bench.py [--size-mib N] [--tasks N]
+Run: .venv/bin/python bench/restore_bench.py [--size-mib N] [--tasks N] [--s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import ray
-from common import MiB, job, mixed_disk, plan, timed_backup, warm, write_image
+from common import MiB, job, mixed_disk, moto_server, plan, timed_backup, warm, write_image
 
 from pipeline.engine.dedup import RepoLocation
 from pipeline.engine.placement import proxy_resources
@@ -36,8 +37,13 @@ def main() -> None:
     )
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--tasks", type=int, default=2, help="restore tasks per disk")
+    parser.add_argument("--s3", action="store_true", help="repository on a local moto S3 server")
     args = parser.parse_args()
     size = args.size_mib * MiB
+    if args.s3:  # before Ray starts, so its workers inherit them
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+        )
     ray.init(
         address="local",
         num_cpus=2,
@@ -46,14 +52,27 @@ def main() -> None:
         log_to_driver=False,
         object_store_memory=256 * MiB,
     )
-    with tempfile.TemporaryDirectory(prefix="vmpump-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        work = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="vmpump-bench-", dir=os.environ.get("BENCH_DIR"))
+            )
+        )
         image = write_image(mixed_disk(size, seed=21), work / "disk.img")
-        url = f"file://{work}/repo"
-        Repository.init(open_store(url))
+        if args.s3:
+            import boto3
+
+            endpoint = stack.enter_context(moto_server())
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="vmpump")
+            url, location = "s3://vmpump/bench", RepoLocation("s3://vmpump/bench", endpoint, None, "path")
+        else:
+            endpoint, url = None, f"file://{work}/repo"
+            location = RepoLocation(url)
+        Repository.init(open_store(url, endpoint_url=endpoint, addressing_style="path"))
         warm(image)
-        backup_wall, summary = timed_backup(job(url), [plan("bench", ImageFile(str(image)), size)])
-        location = RepoLocation(url)
+        backup_wall, summary = timed_backup(
+            job(url, endpoint_url=endpoint), [plan("bench", ImageFile(str(image)), size)]
+        )
         repo = location.open()
         (point,) = repo.restore_points()
         stored = summary.totals()["stored_bytes"]
@@ -74,7 +93,7 @@ def main() -> None:
     backup = size / MiB / backup_wall
     restore = result.mb_per_s
     print(
-        f"[disk] {size // MiB} MiB mixed disk, {stored / MiB:.0f} MiB stored in "
+        f"[disk] {'s3 (moto) ' if args.s3 else 'local '}repository, {size // MiB} MiB mixed disk, {stored / MiB:.0f} MiB stored in "
         f"{summary.totals()['packs']} packs, {result.chunks} chunks"
     )
     print(f"[backup]  {backup_wall:.2f}s  {backup:.0f} MiB/s of disk")

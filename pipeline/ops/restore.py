@@ -66,7 +66,8 @@ def restore_disk(
 ) -> RestoreResult:
     """Restore ``disk`` of ``point`` to ``target``; verified chunk by chunk, complete or not at all.
 
-    With Ray initialized the shares run as Ray tasks on this node; without, in this process.
+    With Ray initialized the shares run as Ray tasks on this node (the first in this process);
+    without, one after another in this process.
     """
     started = time.perf_counter()
     repo = location.open()
@@ -143,7 +144,9 @@ def _restore_random_access(
             (location, point_id, target, s, window_rows, tuning.threads)
             for s in _shares(plan, tuning.tasks, window_rows)
         ]
-        gets = sum(run_tasks(restore_share, calls, cpus=tuning.cpus_per_task, on_this_node=True))
+        gets = sum(
+            run_tasks(restore_share, calls, cpus=tuning.cpus_per_task, on_this_node=True, first_here=True)
+        )
     except BaseException:
         target.abort()
         raise

@@ -121,7 +121,7 @@ def verify_repository(
         calls = [
             (location, rows.filter(pc.is_in(rows.column("pack_id"), pa.array(g))), threads) for g in groups
         ]
-        for found, nbytes in run_tasks(check_packs_full, calls, cpus=1.0):
+        for found, nbytes in run_tasks(check_packs_full, calls, cpus=1.0, first_here=True):
             report.problems.extend(found)
             report.bytes_read += nbytes
     else:
