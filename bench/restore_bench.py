@@ -37,6 +37,8 @@ def main() -> None:
     )
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--tasks", type=int, default=2, help="restore tasks per disk")
+    parser.add_argument("--threads", type=int, default=RestoreTuning.threads, help="readers per task")
+    parser.add_argument("--window-mib", type=int, default=RestoreTuning.window_bytes // MiB)
     parser.add_argument("--s3", action="store_true", help="repository on a local moto S3 server")
     args = parser.parse_args()
     size = args.size_mib * MiB
@@ -78,7 +80,13 @@ def main() -> None:
         stored = summary.totals()["stored_bytes"]
 
         target = FileTarget(work / "restored.img")
-        result = restore_disk(location, point, point.disks[0], target, RestoreTuning(tasks=args.tasks))
+        result = restore_disk(
+            location,
+            point,
+            point.disks[0],
+            target,
+            RestoreTuning(tasks=args.tasks, threads=args.threads, window_bytes=args.window_mib * MiB),
+        )
         if target.path.read_bytes() != image.read_bytes():
             raise SystemExit("restored image differs from the source")
         quick_start = time.perf_counter()

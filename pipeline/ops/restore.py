@@ -5,8 +5,9 @@ blocks into a few contiguous shares. For a file target each share is a Ray task 
 node that reads its windows (ranged GETs grouped by pack, a couple of threads) and writes them
 straight into the sparse ``.partial`` file, so block bytes never cross the Ray object store. A
 stream target (HTTP PUT) needs the bytes in order in one process: the driver reads windows ahead
-with a few threads and streams them, holes as zeros. Memory is bounded by
-``threads × window_bytes`` per process, whatever the disk size.
+with a few threads and streams them, holes as zeros. Memory is bounded, whatever the disk size:
+about ``threads × 2 × window_bytes`` per task (blocks plus the pack ranges they came from), twice
+that in a streaming driver, which reads up to ``2 × threads`` windows ahead.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ MiB = 1 << 20
 class RestoreTuning:
     tasks: int = 2  # Ray tasks per disk (file targets)
     threads: int = 2  # window readers per task (or in the driver, for a stream)
-    window_bytes: int = 32 * MiB  # disk bytes one reader fetches and writes at a time
+    window_bytes: int = (
+        64 * MiB
+    )  # disk bytes one reader fetches and writes at a time (S3: fewer, longer GETs)
     cpus_per_task: float = 1.0
 
 
