@@ -23,17 +23,32 @@ R = TypeVar("R")
 
 
 def run_tasks(
-    fn: Callable[..., R], calls: Sequence[tuple[Any, ...]], *, cpus: float = 1.0, on_this_node: bool = False
+    fn: Callable[..., R],
+    calls: Sequence[tuple[Any, ...]],
+    *,
+    cpus: float = 1.0,
+    on_this_node: bool = False,
+    first_here: bool = False,
 ) -> list[R]:
     """``fn(*args)`` for every ``args`` in ``calls``: as Ray tasks if Ray is initialized, else here.
 
-    ``on_this_node`` pins the tasks to the driver's node (they write a local file). The first
-    failure cancels the other tasks and is raised as the ``VmpumpError`` the task raised.
+    ``on_this_node`` pins the tasks to the driver's node (they write a local file); ``first_here``
+    runs the first call in this process meanwhile (the driver would only wait, and a Ray worker
+    that has to start first costs about a second). The first failure cancels the other tasks and
+    is raised as the ``VmpumpError`` the task raised.
     """
     if not calls:
         return []
     if not ray.is_initialized():
         return [fn(*args) for args in calls]
+    if first_here:
+        with ThreadPoolExecutor(1, thread_name_prefix="vmpump-ops-here") as pool:
+            here = pool.submit(fn, *calls[0])
+            try:
+                rest = run_tasks(fn, calls[1:], cpus=cpus, on_this_node=on_this_node)
+            finally:
+                first = here.result()  # waits; an error here wins over the tasks' result
+            return [first, *rest]
     options: dict[str, Any] = {"num_cpus": cpus, "max_retries": 0}
     if on_this_node:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.ops.errors import RestoreError
 from pipeline.store.chunks import decode_chunk
 from pipeline.store.errors import StoreError
+from pipeline.store.index import table_entries
 from pipeline.store.manifest import DiskManifest
 from pipeline.store.repository import Repository
 
@@ -106,15 +108,51 @@ def fetch_blocks(
     out: dict[int, bytes] = {}
     ranges = coalesce(reads)
     for rng in ranges:
-        data = read_range(repo, rng.pack_id, rng.start, rng.end - rng.start, point_id)
+        data: bytes | RestoreError
+        try:
+            data = read_range(repo, rng.pack_id, rng.start, rng.end - rng.start, point_id)
+        except RestoreError as e:  # a lost pack: its chunks may still have copies elsewhere
+            data = e
         plain_by_id: dict[bytes, bytes] = {}
         for r in rng.reads:
             plain = plain_by_id.get(r.chunk_id)
             if plain is None:
-                payload = data[r.pack_offset - rng.start : r.pack_offset - rng.start + r.pack_length]
-                plain = plain_by_id[r.chunk_id] = verified_plaintext(repo, r, payload, point_id)
+                plain = plain_by_id[r.chunk_id] = _plaintext(repo, r, data, rng.start, point_id)
             out[r.offset] = fit(plain, r.length)
     return sorted(out.items()), len(ranges)
+
+
+def _plaintext(
+    repo: Repository, r: BlockRead, data: bytes | RestoreError, start: int, point_id: str
+) -> bytes:
+    try:
+        if isinstance(data, RestoreError):
+            raise data
+        payload = data[r.pack_offset - start : r.pack_offset - start + r.pack_length]
+        return verified_plaintext(repo, r, payload, point_id)
+    except RestoreError:
+        healed = read_other_copy(repo, r.chunk_id, r.pack_id)
+        if healed is None:
+            raise
+        return healed
+
+
+def read_other_copy(repo: Repository, chunk_id: bytes, bad_pack: str) -> bytes | None:
+    """The chunk from another pack, if the index knows one that reads back intact.
+
+    A backup heals a damaged chunk by storing it again in a new pack; the index then holds two
+    entries for it and a look-up may still return the damaged one.
+    """
+    table = repo.chunk_index().table
+    rows = table.filter(pc.equal(table.column("chunk_id"), pa.scalar(chunk_id, pa.binary(32))))
+    for entry in table_entries(rows):
+        if entry.pack_id == bad_pack:
+            continue
+        try:
+            return repo.read_entry(entry)
+        except StoreError:
+            continue
+    return None
 
 
 def read_range(repo: Repository, pack_id: str, start: int, length: int, point_id: str) -> bytes:
@@ -197,8 +235,12 @@ class DiskImageReader:
                 self._cache.move_to_end(block)
                 return data
         (r,) = table_reads(self._plan.slice(i, 1))
-        payload = read_range(self.repo, r.pack_id, r.pack_offset, r.pack_length, self.point_id)
-        data = fit(verified_plaintext(self.repo, r, payload, self.point_id), r.length)
+        payload: bytes | RestoreError
+        try:
+            payload = read_range(self.repo, r.pack_id, r.pack_offset, r.pack_length, self.point_id)
+        except RestoreError as e:
+            payload = e
+        data = fit(_plaintext(self.repo, r, payload, r.pack_offset, self.point_id), r.length)
         with self._lock:
             self._cache[block] = data
             while len(self._cache) > self._cache_limit:

@@ -5,8 +5,9 @@ blocks into a few contiguous shares. For a file target each share is a Ray task 
 node that reads its windows (ranged GETs grouped by pack, a couple of threads) and writes them
 straight into the sparse ``.partial`` file, so block bytes never cross the Ray object store. A
 stream target (HTTP PUT) needs the bytes in order in one process: the driver reads windows ahead
-with a few threads and streams them, holes as zeros. Memory is bounded by
-``threads × window_bytes`` per process, whatever the disk size.
+with a few threads and streams them, holes as zeros. Memory is bounded, whatever the disk size:
+about ``threads × 2 × window_bytes`` per task (blocks plus the pack ranges they came from), twice
+that in a streaming driver, which reads up to ``2 × threads`` windows ahead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pyarrow as pa
 from pipeline.engine.dedup import RepoLocation
 from pipeline.ops.errors import RestoreError
 from pipeline.ops.parallel import ordered_bounded, run_bounded, run_tasks
-from pipeline.ops.reader import BlockRead, fetch_blocks, plan_reads, table_reads
+from pipeline.ops.reader import fetch_blocks, plan_reads, table_reads
 from pipeline.ops.targets import FileTarget, RandomAccessTarget, RestoreTarget, StreamTarget
 from pipeline.store.restore_point import DiskRecord, RestorePoint
 
@@ -35,7 +36,9 @@ MiB = 1 << 20
 class RestoreTuning:
     tasks: int = 2  # Ray tasks per disk (file targets)
     threads: int = 2  # window readers per task (or in the driver, for a stream)
-    window_bytes: int = 32 * MiB  # disk bytes one reader fetches and writes at a time
+    window_bytes: int = (
+        64 * MiB
+    )  # disk bytes one reader fetches and writes at a time (S3: fewer, longer GETs)
     cpus_per_task: float = 1.0
 
 
@@ -66,7 +69,8 @@ def restore_disk(
 ) -> RestoreResult:
     """Restore ``disk`` of ``point`` to ``target``; verified chunk by chunk, complete or not at all.
 
-    With Ray initialized the shares run as Ray tasks on this node; without, in this process.
+    With Ray initialized the shares run as Ray tasks on this node (the first in this process);
+    without, one after another in this process.
     """
     started = time.perf_counter()
     repo = location.open()
@@ -143,7 +147,9 @@ def _restore_random_access(
             (location, point_id, target, s, window_rows, tuning.threads)
             for s in _shares(plan, tuning.tasks, window_rows)
         ]
-        gets = sum(run_tasks(restore_share, calls, cpus=tuning.cpus_per_task, on_this_node=True))
+        gets = sum(
+            run_tasks(restore_share, calls, cpus=tuning.cpus_per_task, on_this_node=True, first_here=True)
+        )
     except BaseException:
         target.abort()
         raise
@@ -161,12 +167,11 @@ def restore_share(
 ) -> int:
     """Read and write one contiguous share of a disk's blocks; the number of GETs it took."""
     repo = location.open()
-    reads = table_reads(share)
-    windows = [reads[i : i + window_rows] for i in range(0, len(reads), window_rows)]
+    windows = _windows(share, window_rows)
     writer = target.open_writer()
 
-    def one(window: Sequence[BlockRead]) -> int:
-        blocks, gets = fetch_blocks(repo, window, point_id)
+    def one(window: pa.Table) -> int:
+        blocks, gets = fetch_blocks(repo, table_reads(window), point_id)
         for offset, data in blocks:
             writer.write(offset, data)
         return gets
@@ -175,6 +180,11 @@ def restore_share(
         return sum(run_bounded(one, windows, threads))
     finally:
         writer.close()
+
+
+def _windows(table: pa.Table, window_rows: int) -> list[pa.Table]:
+    # rows become Python objects one window at a time: a huge disk's block list stays in Arrow
+    return [table.slice(i, window_rows) for i in range(0, table.num_rows, window_rows)]
 
 
 def _shares(plan: pa.Table, tasks: int, window_rows: int) -> list[pa.Table]:
@@ -198,14 +208,15 @@ def _restore_stream(
     window_rows: int,
 ) -> int:
     repo = location.open()
-    reads = table_reads(plan)
-    windows = [reads[i : i + window_rows] for i in range(0, len(reads), window_rows)]
+    windows = _windows(plan, window_rows)
     gets = [0]
 
     def stream() -> Iterator[bytes | memoryview]:
         zeros = memoryview(bytes(4 * MiB))
         pos = 0
-        for blocks, n in ordered_bounded(lambda w: fetch_blocks(repo, w, point_id), windows, tuning.threads):
+        for blocks, n in ordered_bounded(
+            lambda w: fetch_blocks(repo, table_reads(w), point_id), windows, tuning.threads
+        ):
             gets[0] += n
             for offset, data in blocks:
                 while pos < offset:  # a hole: zeros, in pieces

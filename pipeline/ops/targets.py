@@ -12,8 +12,11 @@ is an incomplete request the server does not store as a finished file.
 
 from __future__ import annotations
 
+import errno
 import http.client
+import mmap
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +87,7 @@ class FileTarget:
             ) from e
 
     def open_writer(self) -> BlockWriter:
-        return _FileWriter(os.open(self.partial, os.O_WRONLY))
+        return _FileWriter(os.open(self.partial, os.O_WRONLY), _open_direct(self.partial))
 
     def commit(self) -> None:
         fd = os.open(self.partial, os.O_RDONLY)
@@ -98,18 +101,60 @@ class FileTarget:
         self.partial.unlink(missing_ok=True)
 
 
-@dataclass
+DIRECT_ALIGN = 4096
+
+
+def _open_direct(path: Path) -> int | None:
+    """A second descriptor with O_DIRECT, where the OS and file system offer it (not tmpfs)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
 class _FileWriter:
-    fd: int
+    """pwrite at offsets. Aligned blocks go through O_DIRECT: a restore writes each byte once and
+    never reads it back, so the page cache only costs (measured here: first-touch page-cache writes
+    ran at a third of the speed of direct ones) and would evict the packs being read."""
+
+    def __init__(self, fd: int, direct_fd: int | None) -> None:
+        self.fd, self.direct_fd = fd, direct_fd
+        self._local = threading.local()
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        view = memoryview(data).cast("B")
+        if self.direct_fd is not None and offset % DIRECT_ALIGN == 0 and len(view) % DIRECT_ALIGN == 0:
+            buf = self._aligned(len(view))
+            buf[: len(view)] = view
+            try:
+                _pwrite_all(self.direct_fd, memoryview(buf)[: len(view)], offset)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                os.close(self.direct_fd)  # the file system took O_DIRECT at open but refuses the write
+                self.direct_fd = None
+        _pwrite_all(self.fd, view, offset)
+
+    def _aligned(self, size: int) -> mmap.mmap:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.buf = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
+        return buf
 
     def close(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
         os.close(self.fd)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 @dataclass(frozen=True)

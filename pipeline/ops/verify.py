@@ -24,6 +24,7 @@ from pipeline.errors import VmpumpError
 from pipeline.ops.damaged import mark_damaged
 from pipeline.ops.errors import VerifyFailedError
 from pipeline.ops.parallel import run_bounded, run_tasks
+from pipeline.ops.reader import read_other_copy
 from pipeline.store.chunks import decode_chunk, read_pack_entries
 from pipeline.store.errors import ObjectMissingError, StoreError
 from pipeline.store.repository import Repository
@@ -120,12 +121,14 @@ def verify_repository(
         calls = [
             (location, rows.filter(pc.is_in(rows.column("pack_id"), pa.array(g))), threads) for g in groups
         ]
-        for found, nbytes in run_tasks(check_packs_full, calls, cpus=1.0):
+        for found, nbytes in run_tasks(check_packs_full, calls, cpus=1.0, first_here=True):
             report.problems.extend(found)
             report.bytes_read += nbytes
     else:
         report.problems.extend(_check_packs_quick(repo, rows, packs, threads))
-    report.problems = [_with_points(p, manifests, users) for p in report.problems]
+    report.problems = [
+        _with_points(p, manifests, users) for p in _without_healed(repo, report.problems, full)
+    ]
     if mark:
         for p in report.problems:
             if p.chunk_ids:
@@ -160,6 +163,33 @@ def _referenced(repo: Repository, report: VerifyReport) -> tuple[dict[str, pa.Ar
                     )
                 )
     return manifests, users
+
+
+def _without_healed(repo: Repository, problems: list[Problem], full: bool) -> list[Problem]:
+    """Drop chunks that have an intact copy in another pack (a backup healed them): quick trusts a
+    listed pack, full reads the copy back."""
+    if not any(p.pack_id for p in problems):
+        return problems
+    table = repo.chunk_index().table
+    listed = {key.rsplit("/", 1)[-1] for key in repo.store.list_keys("packs/")}
+    out = []
+    for p in problems:
+        if p.pack_id is None:
+            out.append(p)
+            continue
+        still = tuple(cid for cid in p.chunk_ids if not _has_copy(repo, table, cid, p.pack_id, listed, full))
+        if still:
+            out.append(Problem(p.kind, p.pack_id, still, p.detail, p.points))
+    return out
+
+
+def _has_copy(
+    repo: Repository, table: pa.Table, chunk_id: bytes, bad_pack: str, listed: set[str], full: bool
+) -> bool:
+    if full:
+        return read_other_copy(repo, chunk_id, bad_pack) is not None
+    rows = table.filter(pc.equal(table.column("chunk_id"), pa.scalar(chunk_id, pa.binary(32))))
+    return any(pack != bad_pack and pack in listed for pack in rows.column("pack_id").to_pylist())
 
 
 def _with_points(problem: Problem, manifests: dict[str, pa.Array], users: dict[str, set[str]]) -> Problem:
