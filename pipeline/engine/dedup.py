@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import ray
 
+from pipeline.ops.damaged import clear_damaged, damaged_chunk_ids
 from pipeline.store.backend import open_store
 from pipeline.store.chunks import IndexEntry
 from pipeline.store.repository import Repository
@@ -51,9 +52,12 @@ class DedupShard:
     def __init__(self, location: RepoLocation, shard: int, shards: int, lease_s: float) -> None:
         self.repo = location.open()
         self.shard, self.shards, self.lease_s = shard, shards, lease_s
+        # a chunk verify found damaged counts as unknown: the next block that hashes to it is uploaded
+        # again into a new pack, which heals every restore point that references it
+        self.damaged = {cid for cid in damaged_chunk_ids(self.repo) if cid[0] % shards == shard}
         self.known: set[bytes] = {
             cid for cid in self.repo.known_chunk_ids().to_pylist() if cid[0] % shards == shard
-        }
+        } - self.damaged
         self.claims: dict[bytes, str] = {}
         self.leases: dict[str, float] = {}
         self.pending: list[IndexEntry] = []
@@ -104,10 +108,15 @@ class DedupShard:
             return None
         entries, self.pending = self.pending, []
         try:
-            return self.repo.write_index_segment(entries)
+            key = self.repo.write_index_segment(entries)
         except BaseException:
             self.pending = entries + self.pending
             raise
+        healed = {e.chunk_id for e in entries} & self.damaged
+        if healed:
+            clear_damaged(self.repo, healed)
+            self.damaged -= healed
+        return key
 
 
 @dataclass

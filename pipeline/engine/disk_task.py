@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import psutil
@@ -31,6 +32,7 @@ from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
 from pipeline.engine.stats import StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
+from pipeline.ops.damaged import damaged_chunk_ids
 from pipeline.source.base import ChangedAreasError, ChangeIdInvalidError, DiskSource
 from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
 from pipeline.store.manifest import DiskManifest, merge_manifest
@@ -85,6 +87,7 @@ class DiskResult:
     wall_s: float = 0.0
     guard_sampled: int = 0  # unchanged blocks the CBT guard re-read
     guard_mismatches: int = 0  # of which differed: CBT lied and the disk was read in full
+    healed_blocks: int = 0  # unchanged blocks read again because verify found their chunk damaged
     peak_rss_growth: int = 0  # resident memory the task added at its peak, bytes
     stats: StageClock = field(default_factory=StageClock)
 
@@ -199,6 +202,9 @@ class _DiskRun:
                 "new_bytes",
                 "stored_bytes",
                 "packs",
+                "guard_sampled",
+                "guard_mismatches",
+                "healed_blocks",
             ),
             0,
         )
@@ -232,6 +238,8 @@ class _DiskRun:
         offsets = block_offsets(extents, self.block_size, self.capacity)
         if self.job.previous_manifest is not None and self.job.guard_share > 0:
             offsets = self._guard(offsets)
+        if self.job.previous_manifest is not None:
+            offsets = self._with_damaged_blocks(offsets)
         try:
             self._pipeline(self._batches(offsets))
             self._seal_and_upload(self.writer.seal())
@@ -241,10 +249,27 @@ class _DiskRun:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.uploads.shutdown(wait=True, cancel_futures=True)
 
+    @cached_property
+    def previous(self) -> DiskManifest:
+        assert self.job.previous_manifest is not None
+        return self.repo.read_manifest(self.job.previous_manifest)
+
+    def _with_damaged_blocks(self, offsets: list[int]) -> list[int]:
+        """Also read the unchanged blocks whose chunk verify found damaged: uploading them again
+        heals every restore point that references them."""
+        damaged = damaged_chunk_ids(self.repo)
+        if not damaged:
+            return offsets
+        heal = {off for off, _, cid in self.previous.blocks() if cid in damaged}
+        self.counts["healed_blocks"] = len(heal - set(offsets))
+        if self.counts["healed_blocks"]:
+            log.warning("disk %s of %s: re-reading %d blocks of damaged chunks", self.job.disk_key,
+                        self.job.vm_name, self.counts["healed_blocks"])  # fmt: skip
+        return sorted(set(offsets) | heal)
+
     def _guard(self, offsets: list[int]) -> list[int]:
         """Check CBT on a sample of unchanged blocks; on a lie, the offsets of a full read."""
-        assert self.job.previous_manifest is not None
-        previous = self.repo.read_manifest(self.job.previous_manifest)
+        previous = self.previous
         sample = sample_unchanged(
             offsets, self.capacity, self.block_size, self.job.guard_share, hash(self.owner)
         )
@@ -457,7 +482,7 @@ class _DiskRun:
     def write_manifest(self) -> str:
         job = self.job
         if job.previous_manifest is not None and not self.full_read:
-            previous = self.repo.read_manifest(job.previous_manifest)
+            previous = self.previous
             manifest = merge_manifest(
                 previous, self.changed.as_mapping(), capacity=self.capacity, change_id=self.source.change_id
             )

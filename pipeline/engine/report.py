@@ -24,7 +24,7 @@ REPORT_PREFIX = "reports/"
 
 DISK_COLUMNS = (
     "capacity", "full_read", "full_read_reason", "bytes_read", "blocks_read", "zero_blocks", "dedup_blocks",
-    "new_chunks", "new_bytes", "stored_bytes", "packs", "guard_sampled", "guard_mismatches", "peak_rss_growth",
+    "new_chunks", "new_bytes", "stored_bytes", "packs", "guard_sampled", "guard_mismatches", "healed_blocks", "peak_rss_growth",
 )  # fmt: skip
 
 
