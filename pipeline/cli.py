@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import __version__
+from pipeline import __version__, cli_restore
 from pipeline.errors import UsageError, VmpumpError
 
 if TYPE_CHECKING:
@@ -258,6 +258,11 @@ def _estate_of_job(config: Path, change_rate: float):  # noqa: ANN202 - (Estate,
             if cfg.selection.matches(vm.name) and vm.disks
         ]
     return estate_from_inventory(vms, change_rate), placement_limits(cfg.placement)
+
+
+for _command in (cli_restore.restore, cli_restore.verify, cli_restore.serve, cli_restore.drill):
+    app.command()(_command)
+app.command("mount", help="Alias of serve: expose a restore point over NBD to mount it.")(cli_restore.serve)
 
 
 snapshots_app = typer.Typer(

@@ -153,6 +153,8 @@ def ensure_ray(cfg: JobConfig, address: str | None = None) -> None:
     """Join the cluster at ``address`` or start a local one whose node advertises proxy slots."""
     if ray.is_initialized():
         return
+    # a local instance gets a token of its own; saying so on every command is noise
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
