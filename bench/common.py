@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import JobConfig, parse_config  # noqa: E402
 from pipeline.engine.backup import PreparedVm, RunSummary, VmPlan, run_backup  # noqa: E402
 from pipeline.engine.disk_task import DiskJob, SourceSpec  # noqa: E402
+from pipeline.engine.plans import no_preparation  # noqa: E402
 from pipeline.source.synthetic import SyntheticDisk  # noqa: E402
 from pipeline.store.chunks import encode_chunk  # noqa: E402
 
@@ -88,11 +89,6 @@ synthetic: [{{vm: unused, size: 1MiB}}]
 """)
 
 
-@contextlib.contextmanager
-def _ready(prepared: PreparedVm) -> Iterator[PreparedVm]:
-    yield prepared
-
-
 def plan(
     vm: str, source: SourceSpec, capacity: int, previous: tuple[str | None, str | None] = (None, None)
 ) -> VmPlan:
@@ -104,7 +100,7 @@ def plan(
         ("disk0",),
         capacity,
         manifest is not None,
-        partial(_ready, PreparedVm((job_,), "crash")),
+        partial(no_preparation, PreparedVm((job_,), "crash")),
         "bench",
     )
 

@@ -23,7 +23,7 @@ from pipeline.config import JobConfig, PlacementConfig
 from pipeline.engine.admission import start_admission
 from pipeline.engine.bottleneck import BottleneckReport, analyze_bottleneck
 from pipeline.engine.dedup import DedupIndex, RepoLocation
-from pipeline.engine.disk_task import DiskJob, DiskResult, backup_disk
+from pipeline.engine.disk_task import COUNTERS, DiskJob, DiskResult, backup_disk
 from pipeline.engine.placement import PlacementLimits, disk_task_options, local_node_resources
 from pipeline.engine.stats import StageClock
 from pipeline.engine.vm_backup import RunContext, backup_vm
@@ -83,16 +83,7 @@ class RunSummary:
         return [o for o in self.outcomes if o.error is not None]
 
     def totals(self) -> dict[str, int]:
-        keys = (
-            "bytes_read",
-            "zero_blocks",
-            "dedup_blocks",
-            "new_chunks",
-            "new_bytes",
-            "stored_bytes",
-            "packs",
-        )
-        return {k: sum(getattr(d, k) for o in self.outcomes for d in o.disks) for k in keys}
+        return {k: sum(getattr(d, k) for o in self.outcomes for d in o.disks) for k in COUNTERS}
 
     def stage_clock(self) -> StageClock:
         """Busy time and bytes per stage over every disk, with the VMs' waits for admission."""

@@ -1,48 +1,42 @@
 """One disk, read → hash → dedup → compress → pack → upload, inside one worker process.
 
 A disk's bytes never leave this process except inside finished packs: the Ray task receives a
-recipe for its source and returns a small ``DiskResult``. Inside, a reader thread keeps the next
-reads in flight, a small thread pool hashes and compresses (blake3 and zstd release the GIL), and
-an upload pool overlaps pack uploads. Bounded queues bound memory: about
-``READ_AHEAD × READ_RUN + BATCH_BYTES + (UPLOADS_IN_FLIGHT + 1) × pack_size`` per task, whatever
-the disk size.
+recipe for its source and returns a small ``DiskResult``. Inside, a few worker threads each carry
+one read run at a time through every stage (blake3 and zstd release the GIL, so they use several
+cores), and an upload pool overlaps pack uploads. Memory is bounded whatever the disk size: about
+``threads × READ_RUN + (UPLOADS_IN_FLIGHT + threads + 1) × pack_size`` per task, plus 41 bytes a
+block for the block log.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
-from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-import psutil
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from pipeline.engine.admission import ReadThrottle
+from pipeline.engine.block_log import BlockLog
 from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
-from pipeline.engine.stats import StageClock
+from pipeline.engine.stats import PeakRss, StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
 from pipeline.ops.damaged import damaged_chunk_ids
-from pipeline.source.base import ChangedAreasError, ChangeIdInvalidError, DiskSource
-from pipeline.store.chunks import EncodedChunk, PackWriter, encode_chunk
+from pipeline.source.base import ChangedAreasError, ChangeIdInvalidError, DiskSource, SourceError
+from pipeline.store.chunks import PackWriter, encode_chunk
 from pipeline.store.manifest import DiskManifest, merge_manifest
 
 log = logging.getLogger(__name__)
 
 READ_RUN = 8 << 20  # one read: large enough for a datastore to stream, small enough to bound memory
-READ_AHEAD = 2
-BATCH_BYTES = 16 << 20
 UPLOADS_IN_FLIGHT = 4
+CLAIMS_IN_FLIGHT = 2  # per worker: a loaded proxy answers an actor call in tens of milliseconds
 
 
 class SourceSpec(Protocol):
@@ -64,6 +58,12 @@ class DiskJob:
     full_read_reason: str | None = None  # why the driver decided to read in full, if it did
     guard_share: float = 0.001  # share of unchanged blocks the CBT guard re-reads (0: no guard)
     datastore: str = ""  # where the disk lives: the latency gate throttles its reads
+
+
+COUNTERS = (
+    "bytes_read", "blocks_read", "zero_blocks", "dedup_blocks", "new_chunks", "new_bytes", "stored_bytes",
+    "packs", "guard_sampled", "guard_mismatches", "healed_blocks",
+)  # fmt: skip  # the additive figures of a DiskResult
 
 
 @dataclass
@@ -97,7 +97,7 @@ def backup_disk(
     location: RepoLocation,
     index: DedupIndex,
     *,
-    threads: int = 2,
+    threads: int = 3,  # one more than the cores a task gets: a worker waiting on I/O leaves none idle
     progress: Callable[[str, int], None] | None = None,
     lease_s: float = 30.0,
     admission: Any = None,
@@ -113,7 +113,7 @@ def backup_disk(
         target=_renew_claims, args=(index, owner, lease_s, stop_heartbeat), daemon=True
     )
     heartbeat.start()
-    rss = _PeakRss()
+    rss = PeakRss()
     try:
         throttle = ReadThrottle(admission, datastore or job.datastore) if admission is not None else None
         run = _DiskRun(job, repo, source, index, owner, threads, progress, throttle)
@@ -128,31 +128,6 @@ def backup_disk(
     result.wall_s = time.perf_counter() - started
     result.peak_rss_growth = rss.growth
     return result
-
-
-class _PeakRss:
-    """Samples this process's resident memory: the proof that a disk task's memory is bounded."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self._proc = psutil.Process()
-        self.base = self._proc.memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-        self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.base
 
 
 def _renew_claims(index: DedupIndex, owner: str, lease_s: float, stop: threading.Event) -> None:
@@ -182,32 +157,18 @@ class _DiskRun:
         self.zero_id: bytes = repo.chunk_id(bytes(self.block_size))
         self.progress = progress
         self.throttle = throttle
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="vmpump-cpu")
+        self.threads = threads
+        self.lock = threading.Lock()  # guards the block log, the counters, the pack writer, in_flight
         self.uploads = ThreadPoolExecutor(UPLOADS_IN_FLIGHT, thread_name_prefix="vmpump-upload")
         self.upload_slots = threading.Semaphore(UPLOADS_IN_FLIGHT)
         self.in_flight: list[Future[None]] = []
         self.writer: PackWriter = repo.pack_writer()
         self.clock = StageClock()
-        self.changed = _BlockLog()
+        self.changed = BlockLog()
         self.waiting: dict[bytes, list[int]] = {}  # chunk id → offsets whose upload another owner claimed
         self.full_read = job.previous_manifest is None
         self.full_read_reason = job.full_read_reason
-        self.counts = dict.fromkeys(
-            (
-                "bytes_read",
-                "blocks_read",
-                "zero_blocks",
-                "dedup_blocks",
-                "new_chunks",
-                "new_bytes",
-                "stored_bytes",
-                "packs",
-                "guard_sampled",
-                "guard_mismatches",
-                "healed_blocks",
-            ),
-            0,
-        )
+        self.counts = dict.fromkeys(COUNTERS, 0)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -241,12 +202,11 @@ class _DiskRun:
         if self.job.previous_manifest is not None:
             offsets = self._with_damaged_blocks(offsets)
         try:
-            self._pipeline(self._batches(offsets))
+            self._pipeline(offsets)
             self._seal_and_upload(self.writer.seal())
             self._wait_uploads()
             self._settle_waiting()
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
             self.uploads.shutdown(wait=True, cancel_futures=True)
 
     @cached_property
@@ -285,58 +245,87 @@ class _DiskRun:
         # CBT lied: its list of allocated areas is no better than its list of changes; read every block
         return block_offsets([Extent(0, self.capacity)], self.block_size, self.capacity)
 
-    def _batches(self, offsets: list[int]) -> Iterator[list[tuple[int, memoryview]]]:
-        """Blocks in read order, grouped in batches of about BATCH_BYTES; reads run ahead in a thread."""
-        blocks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
-        stop = threading.Event()
+    def _pipeline(self, offsets: list[int]) -> None:
+        """``threads`` workers each take the next read run and carry it through every stage: read,
+        hash, claim, compress, pack. Nothing is handed between threads, so no core idles waiting
+        for another's piece of work. A worker sends a run's claim to the index actors and reads and
+        hashes its next run before it needs the answer, so the round trip costs no CPU time."""
+        runs = iter(block_runs(offsets, self.block_size, max(READ_RUN, self.block_size)))
+        take = threading.Lock()
+        failed: list[BaseException] = []
 
-        def read_all() -> None:
+        def work() -> None:
             try:
-                for run in block_runs(offsets, self.block_size, max(READ_RUN, self.block_size)):
-                    if self.throttle is not None:  # the datastore is slow: the latency gate says wait
-                        with self.clock.stage("admission_wait"):
-                            self.throttle.pause()
-                    length = min(run.length, self.capacity - run.offset)
-                    with self.clock.stage("source_read", length):
-                        data = memoryview(self.source.read(run.offset, length))
-                    if len(data) != length:
-                        raise RuntimeError(f"source returned {len(data)} bytes for a {length}-byte read")
-                    while not stop.is_set():
-                        try:
-                            blocks.put((run.offset, data), timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                blocks.put(None)
-            except BaseException as exc:  # handed to the consumer, which raises it
-                blocks.put(exc)
+                pending: deque = deque()
+                while not failed:
+                    with take:
+                        run = next(runs, None)
+                    if run is None:
+                        break
+                    pending.append(self._read_and_claim(run))
+                    if len(pending) > CLAIMS_IN_FLIGHT:
+                        self._compress_and_pack(*pending.popleft())
+                while pending and not failed:
+                    self._compress_and_pack(*pending.popleft())
+            except BaseException as exc:  # the first failure stops every worker and is raised below
+                failed.append(exc)
 
-        reader = threading.Thread(target=read_all, name="vmpump-reader", daemon=True)
-        reader.start()
-        batch: list[tuple[int, memoryview]] = []
-        batch_bytes = 0
-        try:
-            while True:
-                item = blocks.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                base, data = item
-                for start in range(0, len(data), self.block_size):
-                    block = data[start : start + self.block_size]
-                    batch.append((base + start, block))
-                    batch_bytes += len(block)
-                    if batch_bytes >= BATCH_BYTES:
-                        yield batch
-                        batch, batch_bytes = [], 0
-            if batch:
-                yield batch
-        finally:
-            stop.set()
-            reader.join(timeout=5)
+        workers = [
+            threading.Thread(target=work, name=f"vmpump-disk-{i}", daemon=True) for i in range(self.threads)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        if failed:
+            raise failed[0]
+
+    def _read_and_claim(self, run: Extent) -> tuple[dict[bytes, tuple[int, memoryview]], ClaimTicket | None]:
+        """Read a run, hash and log its blocks, and send the claim of its distinct non-zero ones."""
+        if self.throttle is not None:  # the datastore is slow: the latency gate says wait
+            with self.clock.stage("admission_wait"):
+                self.throttle.pause()
+        length = min(run.length, self.capacity - run.offset)
+        with self.clock.stage("source_read", length):
+            data = memoryview(self.source.read(run.offset, length))
+        if len(data) != length:
+            raise SourceError(
+                f"disk {self.job.disk_key} of {self.job.vm_name}: {len(data)} bytes came back for a "
+                f"{length}-byte read at {run.offset}",
+                "the source changed size or the transport is broken",
+            )
+        blocks = [(run.offset + s, data[s : s + self.block_size]) for s in range(0, length, self.block_size)]
+        ids = [self._hash(blk) for _, blk in blocks]
+        unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a run is claimed once
+        with self.lock:
+            for (off, blk), cid in zip(blocks, ids, strict=True):
+                self.changed.add(off, cid)
+                self.counts["bytes_read"] += len(blk)
+                self.counts["blocks_read"] += 1
+                if cid is None:
+                    self.counts["zero_blocks"] += 1
+                else:
+                    self.counts["dedup_blocks"] += 1  # until the claim says this task uploads it
+                    unique.setdefault(cid, (off, blk))
+        if self.progress is not None:
+            self.progress(f"{self.job.vm_id}/{self.job.disk_key}", length)
+        return unique, self.index.claim_async(list(unique), self.owner) if unique else None
+
+    def _compress_and_pack(
+        self, unique: dict[bytes, tuple[int, memoryview]], ticket: ClaimTicket | None
+    ) -> None:
+        if ticket is None:
+            return
+        with self.clock.stage("dedup"):
+            codes = ticket.result()
+        new = []
+        for (cid, (off, blk)), code in zip(unique.items(), codes, strict=True):
+            if code == MINE:
+                new.append((cid, blk))
+            elif code == THEIRS:
+                with self.lock:
+                    self.waiting.setdefault(cid, []).append(off)
+        self._upload_new(new)
 
     def _hash(self, block: memoryview) -> bytes | None:
         """The chunk id, or None for an all-zero block (a hole)."""
@@ -347,88 +336,28 @@ class _DiskRun:
         self.clock.add("hash", time.thread_time() - start, len(block))
         return None if cid == zero else cid
 
-    def _encode(self, block: memoryview) -> EncodedChunk:
-        start = time.thread_time()
-        encoded = encode_chunk(block, self.level)
-        self.clock.add("compress", time.thread_time() - start, len(block))
-        return encoded
-
-    def _pipeline(self, batches: Iterator[list[tuple[int, memoryview]]]) -> None:
-        """Four batches in flight: while batch k hashes, the dedup claim of batch k-1 travels to
-        the index actors, batch k-2 compresses and batch k-3 is packed, so the CPU pool never
-        idles on an actor round trip."""
-        hashing: deque[tuple[list[tuple[int, memoryview]], list[Future[bytes | None]]]] = deque()
-        claiming: deque[tuple[dict[bytes, tuple[int, memoryview]], ClaimTicket | None]] = deque()
-        compressing: deque[list[tuple[bytes, memoryview, Future[EncodedChunk]]]] = deque()
-        for batch in batches:
-            hashing.append((batch, [self.pool.submit(self._hash, blk) for _, blk in batch]))
-            if len(hashing) > 1:
-                claiming.append(self._claim(*hashing.popleft()))
-            if len(claiming) > 1:
-                compressing.append(self._compress(*claiming.popleft()))
-            if len(compressing) > 1:
-                self._pack(compressing.popleft())
-        while hashing:
-            claiming.append(self._claim(*hashing.popleft()))
-        while claiming:
-            compressing.append(self._compress(*claiming.popleft()))
-        while compressing:
-            self._pack(compressing.popleft())
-
-    def _claim(
-        self, batch: list[tuple[int, memoryview]], hashes: list[Future[bytes | None]]
-    ) -> tuple[dict[bytes, tuple[int, memoryview]], ClaimTicket | None]:
-        """Record the batch's ids and send the claim of its distinct non-zero ones."""
-        ids = [f.result() for f in hashes]
-        unique: dict[bytes, tuple[int, memoryview]] = {}  # a block seen twice in a batch is claimed once
-        for (off, blk), cid in zip(batch, ids, strict=True):
-            self.changed.add(off, cid)
-            self.counts["bytes_read"] += len(blk)
-            self.counts["blocks_read"] += 1
-            if cid is None:
-                self.counts["zero_blocks"] += 1
-            else:
-                self.counts["dedup_blocks"] += 1  # until the claim says this task uploads it
-                unique.setdefault(cid, (off, blk))
-        if self.progress is not None:
-            self.progress(f"{self.job.vm_id}/{self.job.disk_key}", sum(len(b) for _, b in batch))
-        return unique, self.index.claim_async(list(unique), self.owner) if unique else None
-
-    def _compress(
-        self, unique: dict[bytes, tuple[int, memoryview]], ticket: ClaimTicket | None
-    ) -> list[tuple[bytes, memoryview, Future[EncodedChunk]]]:
-        """Start compressing the blocks this task won the claim for."""
-        if ticket is None:
-            return []
-        with self.clock.stage("dedup"):
-            codes = ticket.result()
-        new = []
-        for (cid, (off, blk)), code in zip(unique.items(), codes, strict=True):
-            if code == MINE:
-                new.append((cid, blk, self.pool.submit(self._encode, blk)))
-            elif code == THEIRS:
-                self.waiting.setdefault(cid, []).append(off)
-        self.counts["dedup_blocks"] -= len(new)
-        return new
-
-    def _pack(self, new: list[tuple[bytes, memoryview, Future[EncodedChunk]]]) -> None:
-        for cid, blk, future in new:
-            encoded = future.result()
-            self.counts["new_chunks"] += 1
-            self.counts["new_bytes"] += len(blk)
-            self.counts["stored_bytes"] += len(encoded.payload)
-            self._seal_and_upload(self.writer.add(cid, encoded))
-
     def _upload_new(self, new: list[tuple[bytes, memoryview]]) -> None:
-        self._pack([(cid, blk, self.pool.submit(self._encode, blk)) for cid, blk in new])
+        """Compress the blocks this task won the claim for and add them to the pack being filled."""
+        for cid, blk in new:
+            start = time.thread_time()
+            encoded = encode_chunk(blk, self.level)
+            self.clock.add("compress", time.thread_time() - start, len(blk))
+            with self.lock:
+                self.counts["dedup_blocks"] -= 1
+                self.counts["new_chunks"] += 1
+                self.counts["new_bytes"] += len(blk)
+                self.counts["stored_bytes"] += len(encoded.payload)
+                sealed = self.writer.add(cid, encoded)
+            self._seal_and_upload(sealed)
 
     def _seal_and_upload(self, sealed) -> None:  # noqa: ANN001 - SealedPack | None
         if sealed is None:
             return
-        self._reap_uploads()
-        self.upload_slots.acquire()
-        self.counts["packs"] += 1
-        self.in_flight.append(self.uploads.submit(self._upload, sealed))
+        self.upload_slots.acquire()  # bounds the packs in memory: backpressure on the workers
+        with self.lock:
+            self._reap_uploads()
+            self.counts["packs"] += 1
+            self.in_flight.append(self.uploads.submit(self._upload, sealed))
 
     def _upload(self, sealed) -> None:  # noqa: ANN001 - SealedPack
         try:
@@ -511,40 +440,6 @@ class _DiskRun:
             stats=self.clock,
             **self.counts,
         )
-
-
-class _BlockLog:
-    """Every block read, in read (ascending offset) order: 41 bytes a block in flat buffers, not
-    a dict of Python objects, so a multi-terabyte disk's log stays a small share of the task."""
-
-    _HOLE = bytes(32)
-
-    def __init__(self) -> None:
-        self.offsets = array("q")
-        self.ids = bytearray()
-        self.holes = bytearray()
-
-    def add(self, offset: int, chunk_id: bytes | None) -> None:
-        self.offsets.append(offset)
-        self.ids += chunk_id if chunk_id is not None else self._HOLE
-        self.holes.append(chunk_id is None)
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def as_mapping(self) -> dict[int, bytes | None]:
-        return {
-            off: None if hole else bytes(self.ids[i * 32 : i * 32 + 32])
-            for i, (off, hole) in enumerate(zip(self.offsets, self.holes, strict=True))
-        }
-
-    def stored_blocks(self) -> tuple[pa.Array, pa.Array]:
-        """Offsets and ids of the non-hole blocks, as Arrow arrays (no per-block Python objects)."""
-        n = len(self.offsets)
-        offsets = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.offsets.tobytes())])
-        ids = pa.Array.from_buffers(pa.binary(32), n, [None, pa.py_buffer(bytes(self.ids))])
-        keep = pc.equal(pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(bytes(self.holes))]), 0)
-        return offsets.filter(keep), ids.filter(keep)
 
 
 def _without_previous(job: DiskJob) -> DiskJob:

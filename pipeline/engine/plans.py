@@ -65,7 +65,7 @@ def synthetic_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
                 disks=tuple(d.disk for d in disks),
                 capacity=sum(d.size for d in disks),
                 incremental=prev is not None,
-                prepare=partial(_ready, PreparedVm(tuple(jobs), "crash")),
+                prepare=partial(no_preparation, PreparedVm(tuple(jobs), "crash")),
                 source_kind="synthetic",
             )
         )
@@ -73,7 +73,8 @@ def synthetic_plans(cfg: JobConfig, repo: Repository) -> list[VmPlan]:
 
 
 @contextmanager
-def _ready(prepared: PreparedVm) -> Iterator[PreparedVm]:
+def no_preparation(prepared: PreparedVm) -> Iterator[PreparedVm]:
+    """``VmPlan.prepare`` for VMs whose disks need no snapshot: the jobs as they are."""
     yield prepared
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import psutil
+
 STAGES = ("source_read", "hash", "dedup", "compress", "target_write", "admission_wait")
 
 
@@ -49,3 +51,28 @@ class StageClock:
     def __setstate__(self, state: dict[str, dict]) -> None:
         self.busy_s, self.bytes = state["busy_s"], state["bytes"]
         self._lock = threading.Lock()
+
+
+class PeakRss:
+    """Samples this process's resident memory: the proof that a disk task's memory is bounded."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self._proc = psutil.Process()
+        self.base = self._proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base

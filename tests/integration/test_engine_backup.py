@@ -9,6 +9,7 @@ from pipeline.engine.backup import run_backup
 from pipeline.engine.plans import synthetic_disk, synthetic_plans
 from pipeline.store.backend import open_store
 from pipeline.store.repository import Repository
+from tests.integration.repo_checks import restored_bytes
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -31,16 +32,6 @@ placement: {{cpus_per_task: 0.5, memory_per_task: 64MiB}}
 {extra}
 synthetic:{disks}
 """)
-
-
-def restore_bytes(repo: Repository, point_disk) -> bytes:  # noqa: ANN001
-    manifest = repo.read_manifest(point_disk.manifest_key)
-    out = bytearray(manifest.capacity)
-    for offset, length, cid in manifest.blocks():
-        data = repo.read_chunk(cid)
-        assert len(data) == length
-        out[offset : offset + length] = data
-    return bytes(out)
 
 
 def source_bytes(cfg, vm: str, disk: str, generation: int) -> bytes:  # noqa: ANN001
@@ -70,7 +61,9 @@ def test_full_then_incremental_restore_byte_identical(ray_local, repo_url):
         for outcome in batch.outcomes:
             point = repo.restore_point(outcome.point_id)
             for d in point.disks:
-                assert restore_bytes(repo, d) == source_bytes(cfg, point.vm.name, d.disk_key, gen), (gen, d)
+                assert restored_bytes(repo, d.manifest_key) == source_bytes(
+                    cfg, point.vm.name, d.disk_key, gen
+                ), (gen, d)
     # the incremental read only what changed: a few % of the full
     assert incr.totals()["bytes_read"] < 0.25 * full.totals()["bytes_read"]
     assert all(not d.full_read for o in incr.outcomes for d in o.disks)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -14,10 +12,12 @@ import ray.cloudpickle
 from pipeline.config import parse_config
 from pipeline.engine.backup import PreparedVm, VmPlan, run_backup
 from pipeline.engine.disk_task import DiskJob
+from pipeline.engine.plans import no_preparation
 from pipeline.extents import Extent, clip, gaps
 from pipeline.source.synthetic import SyntheticDisk, SyntheticSource
 from pipeline.store.backend import open_store
 from pipeline.store.repository import Repository
+from tests.integration.repo_checks import restored_bytes
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -46,11 +46,6 @@ class LyingDisk:
 DISK = SyntheticDisk(size=64 * MiB, seed=21, zero_share=0.2, change_rate=0.05)
 
 
-@contextmanager
-def _ready(prepared: PreparedVm) -> Iterator[PreparedVm]:
-    yield prepared
-
-
 def _plan(source: object, previous: tuple[str | None, str | None], share: float) -> VmPlan:
     job = DiskJob(
         "liar",
@@ -68,7 +63,7 @@ def _plan(source: object, previous: tuple[str | None, str | None], share: float)
         ("disk0",),
         DISK.size,
         previous[1] is not None,
-        partial(_ready, PreparedVm((job,), "crash")),
+        partial(no_preparation, PreparedVm((job,), "crash")),
         "synthetic",
     )
 
@@ -84,14 +79,6 @@ repository: {{url: "{url}"}}
 placement: {{cpus_per_task: 0.5, memory_per_task: 64MiB}}
 synthetic: [{{vm: liar, size: 64MiB}}]
 """)
-
-
-def _restored(repo: Repository, manifest_key: str) -> bytes:
-    m = repo.read_manifest(manifest_key)
-    out = bytearray(m.capacity)
-    for offset, length, cid in m.blocks():
-        out[offset : offset + length] = repo.read_chunk(cid)
-    return bytes(out)
 
 
 def _full_then_incremental(cfg, source_spec, share: float):  # noqa: ANN001, ANN202
@@ -111,7 +98,9 @@ def test_a_lying_cbt_is_caught_and_the_disk_is_read_in_full(cfg):
     assert disk.full_read and "CBT guard" in disk.full_read_reason
     point = repo.restore_point("latest")
     assert point.disks[0].full_read and "CBT guard" in point.disks[0].full_read_reason
-    assert _restored(repo, point.disks[0].manifest_key) == DISK.at_generation(1).open().read(0, DISK.size)
+    assert restored_bytes(repo, point.disks[0].manifest_key) == DISK.at_generation(1).open().read(
+        0, DISK.size
+    )
 
 
 def test_a_truthful_cbt_passes_the_guard_and_stays_incremental(cfg):
@@ -120,4 +109,6 @@ def test_a_truthful_cbt_passes_the_guard_and_stays_incremental(cfg):
     assert disk.guard_sampled >= 8 and disk.guard_mismatches == 0
     assert not disk.full_read
     point = repo.restore_point("latest")
-    assert _restored(repo, point.disks[0].manifest_key) == DISK.at_generation(1).open().read(0, DISK.size)
+    assert restored_bytes(repo, point.disks[0].manifest_key) == DISK.at_generation(1).open().read(
+        0, DISK.size
+    )

@@ -8,8 +8,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,9 +18,11 @@ import ray.cloudpickle
 from pipeline.config import parse_config
 from pipeline.engine.backup import PreparedVm, VmPlan, run_backup
 from pipeline.engine.disk_task import DiskJob
+from pipeline.engine.plans import no_preparation
 from pipeline.source.synthetic import SyntheticDisk, SyntheticSource
 from pipeline.store.backend import open_store
 from pipeline.store.repository import Repository
+from tests.integration.repo_checks import restored_bytes
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -55,11 +55,6 @@ class SlowDisk:
 DISK = SyntheticDisk(size=48 * MiB, seed=11, zero_share=0.1, duplicate_share=0.0)
 
 
-@contextmanager
-def _ready(prepared: PreparedVm) -> Iterator[PreparedVm]:
-    yield prepared
-
-
 def plan_for(source: object) -> VmPlan:
     job = DiskJob("victim", "synthetic:victim", "disk0", "disk0", source)  # type: ignore[arg-type]
     return VmPlan(
@@ -68,7 +63,7 @@ def plan_for(source: object) -> VmPlan:
         ("disk0",),
         DISK.size,
         False,
-        partial(_ready, PreparedVm((job,), "crash")),
+        partial(no_preparation, PreparedVm((job,), "crash")),
         "synthetic",
     )
 
@@ -103,14 +98,6 @@ def _kill_when_packs_exist(pid_file: Path, repo_dir: Path, killed: list[int]) ->
         time.sleep(0.05)
 
 
-def _restored(repo: Repository, manifest_key: str) -> bytes:
-    m = repo.read_manifest(manifest_key)
-    out = bytearray(m.capacity)
-    for offset, length, cid in m.blocks():
-        out[offset : offset + length] = repo.read_chunk(cid)
-    return bytes(out)
-
-
 def test_a_killed_worker_is_retried_and_the_point_is_complete(ray_local, small_pack_repo, tmp_path):
     pid_file = tmp_path / "pid"
     killed: list[int] = []
@@ -122,7 +109,7 @@ def test_a_killed_worker_is_retried_and_the_point_is_complete(ray_local, small_p
     assert not summary.failed, summary.failed[0].error
     repo = Repository.open(open_store(small_pack_repo))
     (point,) = repo.restore_points()
-    assert _restored(repo, point.disks[0].manifest_key) == DISK.open().read(0, DISK.size)
+    assert restored_bytes(repo, point.disks[0].manifest_key) == DISK.open().read(0, DISK.size)
 
 
 def test_a_killed_worker_without_retries_fails_clearly_and_a_rerun_reuses_packs(
@@ -147,4 +134,4 @@ def test_a_killed_worker_without_retries_fails_clearly_and_a_rerun_reuses_packs(
     totals = rerun.totals()
     assert totals["new_bytes"] < totals["bytes_read"] - rerun.recovered_chunks * MiB // 2
     (point,) = repo.restore_points()
-    assert _restored(repo, point.disks[0].manifest_key) == DISK.open().read(0, DISK.size)
+    assert restored_bytes(repo, point.disks[0].manifest_key) == DISK.open().read(0, DISK.size)

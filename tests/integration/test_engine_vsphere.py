@@ -18,6 +18,7 @@ from pipeline.store.repository import Repository
 from pipeline.vsphere.connection import connect
 from pipeline.vsphere.inventory import load_inventory
 from tests.fixtures.vcsim import endpoint_of
+from tests.integration.repo_checks import restored_bytes
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
@@ -62,14 +63,6 @@ def _backup(cfg):  # noqa: ANN001, ANN202
     return repo, summary
 
 
-def _restored(repo: Repository, manifest_key: str) -> bytes:
-    m = repo.read_manifest(manifest_key)
-    out = bytearray(m.capacity)
-    for offset, length, cid in m.blocks():
-        out[offset : offset + length] = repo.read_chunk(cid)
-    return bytes(out)
-
-
 def _no_vmpump_snapshots(sim) -> None:  # noqa: ANN001
     with connect(endpoint_of(sim)) as conn:
         for vm in load_inventory(conn).vms:
@@ -80,7 +73,7 @@ def _point_matches_flat_files(repo, sim, summary) -> None:  # noqa: ANN001
     for outcome in summary.outcomes:
         point = repo.restore_point(outcome.point_id)
         (disk,) = point.disks
-        assert _restored(repo, disk.manifest_key) == sim.disk(point.vm.name).flat_path.read_bytes()
+        assert restored_bytes(repo, disk.manifest_key) == sim.disk(point.vm.name).flat_path.read_bytes()
 
 
 def test_full_then_incremental_backups_restore_the_flat_files(ray_local, sim, repo_url):
