@@ -30,29 +30,16 @@ from common import (
     moto_server,
     plan,
     restic_backup_s,
+    start_ray,
     timed_backup,
     warm,
     write_image,
 )
 
 from pipeline.engine.disk_task import UPLOADS_IN_FLIGHT
-from pipeline.engine.placement import proxy_resources
 from pipeline.source.image import ImageFile
 from pipeline.store.backend import open_store
 from pipeline.store.repository import Repository
-
-
-def start_ray() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        resources=proxy_resources(2),
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=256 * MiB,
-    )
 
 
 def new_repo(workdir: Path, name: str) -> str:

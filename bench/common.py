@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import blake3
+import ray
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import JobConfig, parse_config  # noqa: E402
 from pipeline.engine.backup import PreparedVm, RunSummary, VmPlan, run_backup  # noqa: E402
 from pipeline.engine.disk_task import DiskJob, SourceSpec  # noqa: E402
+from pipeline.engine.placement import proxy_resources  # noqa: E402
 from pipeline.engine.plans import no_preparation  # noqa: E402
 from pipeline.source.synthetic import SyntheticDisk  # noqa: E402
 from pipeline.store.chunks import encode_chunk  # noqa: E402
@@ -175,3 +177,17 @@ def moto_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def start_ray() -> None:
+    """A fresh local Ray whose node is a 2-slot proxy (a new worker process for every benchmark)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources=proxy_resources(2),
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * MiB,
+    )

@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import ray
-from common import MiB, job, mixed_disk, moto_server, plan, timed_backup, warm, write_image
+from common import MiB, job, mixed_disk, moto_server, plan, start_ray, timed_backup, warm, write_image
 
 from pipeline.engine.dedup import RepoLocation
-from pipeline.engine.placement import proxy_resources
 from pipeline.ops.restore import RestoreTuning, restore_disk
 from pipeline.ops.targets import FileTarget
 from pipeline.ops.verify import verify_repository
@@ -46,14 +45,7 @@ def main() -> None:
         os.environ.update(
             AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
         )
-    ray.init(
-        address="local",
-        num_cpus=2,
-        resources=proxy_resources(2),
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=256 * MiB,
-    )
+    start_ray()
     with contextlib.ExitStack() as stack:
         work = Path(
             stack.enter_context(
