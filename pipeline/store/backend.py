@@ -7,6 +7,7 @@ sees either no object or the whole object, never a prefix of it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
@@ -15,12 +16,22 @@ from pipeline.errors import ConfigError
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
+# An object's body: its bytes, or its parts in order (a pack is written without joining them).
+Body = bytes | memoryview | Sequence[bytes | memoryview]
+
+
+def body_bytes(data: Body) -> bytes | memoryview:
+    """The body as one buffer (for stores that need one)."""
+    return data if isinstance(data, bytes | memoryview) else b"".join(data)
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     url: str
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
-        """Store ``data`` under ``key`` atomically and durably (replacing any object there)."""
+    def put(self, key: str, data: Body) -> None:
+        """Store ``data`` (bytes, or a sequence of parts in order) under ``key`` atomically and
+        durably, replacing any object there."""
         ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -48,26 +48,37 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class SealedPack:
-    """A full pack. Its bytes and name are assembled on first use, so the thread that uploads
-    it pays for the copy and the hash, not the thread that fills the next pack."""
+    """A full pack. Its name and trailer are computed on first use, so the thread that uploads
+    it pays for the hash, not the thread that fills the next pack."""
 
     parts: tuple[bytes, ...]
     rows: tuple[tuple[bytes, int, int, int, str], ...]  # chunk id, offset, length, raw length, codec
 
     @cached_property
-    def data(self) -> bytes:
+    def tail(self) -> bytes:
+        """The trailer (one entry per chunk) and the fixed footer that end the pack."""
         trailer = b"".join(
             _ENTRY.pack(cid, off, length, raw, CODEC_CODES[codec])
             for cid, off, length, raw, codec in self.rows
         )
-        footer = _FOOTER.pack(blake3.blake3(trailer).digest(), len(self.rows), len(trailer), PACK_MAGIC)
-        data = b"".join([*self.parts, trailer, footer])
-        object.__setattr__(self, "parts", ())  # the joined copy replaces them: one pack in memory, not two
-        return data
+        return trailer + _FOOTER.pack(
+            blake3.blake3(trailer).digest(), len(self.rows), len(trailer), PACK_MAGIC
+        )
+
+    def buffers(self) -> list[bytes]:
+        """The pack's bytes as parts in order: written as they are, never joined into one copy."""
+        return [*self.parts, self.tail]
 
     @cached_property
     def pack_id(self) -> str:
-        return blake3.blake3(self.data).hexdigest()
+        digest = blake3.blake3()
+        for part in self.buffers():
+            digest.update(part)
+        return digest.hexdigest()
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.buffers())
 
     @property
     def entries(self) -> tuple[IndexEntry, ...]:
@@ -170,7 +181,7 @@ class PackWriter:
         Safe to call from several threads at once; the pack's name is the BLAKE3 of its bytes, so
         uploading the same pack twice writes the same object.
         """
-        self._store.put(sealed.key, sealed.data)
+        self._store.put(sealed.key, sealed.buffers())
         return list(sealed.entries)
 
 

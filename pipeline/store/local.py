@@ -7,13 +7,14 @@ directory is fsynced, so a crash leaves either the old state or the whole new ob
 from __future__ import annotations
 
 import errno
+import io
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.store.backend import check_key
+from pipeline.store.backend import Body, check_key
 from pipeline.store.errors import AccessDeniedError, ObjectMissingError, StoreError, StoreFullError
 
 # Temporary files carry this marker; listings skip them (leftovers of a crash mid-write).
@@ -28,15 +29,17 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
+    def put(self, key: str, data: Body) -> None:
         path = self._path(key)
         tmp = path.with_name(path.name + _TMP_MARK + secrets.token_hex(4))
+        parts = [data] if isinstance(data, bytes | memoryview) else data
         with self._os_errors(key):
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
+                # unbuffered: each part goes straight to the kernel, never copied into one body first
+                with open(tmp, "wb", buffering=0) as f:
+                    for part in parts:
+                        _write_all(f, part)
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
             except BaseException:
@@ -89,6 +92,13 @@ class LocalStore:
                     "free space or point the repository elsewhere",
                 ) from e
             raise StoreError(f"cannot access {key} in {self.root}: {e.strerror}", "check the path") from e
+
+
+def _write_all(f: io.RawIOBase, part: bytes | memoryview) -> None:
+    view = memoryview(part)
+    while view:
+        written = f.write(view)
+        view = view[written:]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 
 from pipeline.errors import ConfigError
-from pipeline.store.backend import check_key
+from pipeline.store.backend import Body, body_bytes, check_key
 from pipeline.store.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -110,8 +110,9 @@ class S3Store:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
-        body = bytes(data) if isinstance(data, memoryview) else data
+    def put(self, key: str, data: Body) -> None:
+        joined = body_bytes(data)
+        body = bytes(joined) if isinstance(joined, memoryview) else joined
         meta = {CHECKSUM_META: blake3.blake3(body, max_threads=blake3.blake3.AUTO).hexdigest()}
         full = self._key(key)
         if len(body) >= self._transfer.multipart_threshold:
