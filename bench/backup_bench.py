@@ -63,6 +63,9 @@ def bench_full(workdir: Path, size: int) -> None:
     warm(image)
     borg = size / MiB / borg_backup_s(image, workdir)
     t = summary.totals()
+    disk = summary.outcomes[0].disks[0]
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items())
+    print(f"[full] where the time went: {phases}; the disk task itself {disk.wall_s:.2f}s")
     print(
         f"[full] {size // MiB} MiB image: vmpump {ours:.0f} MB/s, restic {restic:.0f} MB/s, "
         f"borg(fixed) {borg:.0f} MB/s, ceiling {ceiling:.0f} MB/s; stored {t['stored_bytes'] / MiB:.0f} MiB"

@@ -59,6 +59,12 @@ def changed_areas(
                 f" ({exc.msg or type(exc).__name__})",
                 "change tracking was reset; this disk is read in full once",
             ) from exc
+        except vmodl.MethodFault as exc:  # not implemented, not supported, CBT off: never guess
+            raise ChangedAreasError(
+                f"vCenter could not answer QueryChangedDiskAreas for disk {device_key} of {vm_moref}"
+                f" ({type(exc).__name__}: {exc.msg or 'no message'})",
+                "this disk is read in full",
+            ) from exc
         found.extend(check_span(info, pos, capacity, device_key))
         pos = min(info.startOffset + info.length, capacity)
     return merge(found)
