@@ -22,7 +22,6 @@ class FileTransport:
                 "check the datastore mount map (datastore name → local mount path) and permissions",
             ) from exc
 
-    @property
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 

@@ -6,6 +6,7 @@ Transports are chosen by name (``http``, ``file``, ``nbd``) from ``TRANSPORTS``;
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,13 @@ from pipeline.vsphere.cbt import ALL_ALLOCATED, changed_areas
 from pipeline.vsphere.connection import Connection
 from pipeline.vsphere.snapshots import BackupSnapshot
 
+log = logging.getLogger(__name__)
+
 
 class Transport(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
+
+    def size(self) -> int: ...
 
     def close(self) -> None: ...
 
@@ -111,6 +116,14 @@ class VSphereDiskSource:
         self._conn = conn
         self.disk = disk
         self._transport = transport
+        # A datastore's flat file is as long as the disk; a simulator's may be shorter. Its end
+        # is then where the written data ends: what lies beyond reads as zeros, like a new disk.
+        self._file_size = transport.size()
+        if self._file_size < disk.capacity:
+            log.warning(
+                "flat file of %s holds %d of the disk's %d bytes; the rest reads as zeros",
+                disk.file_name, self._file_size, disk.capacity,
+            )  # fmt: skip
 
     @property
     def capacity(self) -> int:
@@ -136,7 +149,11 @@ class VSphereDiskSource:
             raise SourceError(
                 f"read {offset}+{length} beyond disk {self.disk.file_name} ({self.capacity} bytes)"
             )
-        return self._transport.read(offset, length)
+        stored = max(0, min(length, self._file_size - offset))
+        if stored == length:
+            return self._transport.read(offset, length)
+        head = self._transport.read(offset, stored) if stored else b""
+        return head + bytes(length - stored)
 
     def close(self) -> None:
         self._transport.close()

@@ -126,3 +126,21 @@ def test_http_reads_log_in_again_when_the_session_expired(vcsim, vsphere_conn, w
             assert reader_conn.session_cookie != stale  # the 401 led to a new login
         finally:
             source.close()
+
+
+def test_a_flat_file_shorter_than_the_disk_reads_as_zeros_past_its_end(vcsim_factory):
+    sim = vcsim_factory(hosts=1, datastores=1, vms=1, disk_mb=8)
+    vm_name = sim.vm_names()[0]
+    flat = sim.disk(vm_name).flat_path
+    data = random.Random(11).randbytes(MiB + 100)
+    flat.write_bytes(data)  # a simulator's flat file may hold only what was written
+    with connect(endpoint_of(sim)) as conn:
+        vm = load_inventory(conn).vm(vm_name)
+        with backup_snapshot(conn, vm.moref, run_id="short", job="t") as snap:
+            (disk,) = snapshot_disks(snap, vm.datacenter)
+            source = open_vsphere_source(conn, disk, transport="http")
+            try:
+                whole = source.read(0, source.capacity)
+            finally:
+                source.close()
+    assert whole == data + bytes(8 * MiB - len(data))
