@@ -195,7 +195,9 @@ def run_backup(
             **disk_task_options(placement_limits(cfg.placement)), max_retries=task_retries
         )
         slots = max(1, int(ray.cluster_resources().get("backup_slots", 1)))
-        parallel = max_parallel_vms or slots
+        # twice the slots wait in admission, largest VMs first: the night the window planner models
+        parallel = max_parallel_vms or 2 * slots
+        plans = sorted(plans, key=lambda p: -p.capacity)
 
         admission = (
             start_admission(placement_limits(cfg.placement), latency_source, poll_interval_s=latency_poll_s)
@@ -222,16 +224,15 @@ def run_backup(
             _drain(progress, on_progress)
         finally:
             index.stop()
-            if admission is not None:
-                grants = ray.get(admission.grants_log.remote())
-                decisions = ray.get(admission.decisions_log.remote())
-                ray.kill(admission)
+            grants, decisions = _admission_logs(admission)
+            for actor in (admission, progress):
+                if actor is not None:
+                    ray.kill(actor)
         phases["vms_s"] = time.perf_counter() - vms_started
         summary = RunSummary(
             run_id, outcomes, time.perf_counter() - started, len(recovered), phases=phases, slots=slots
         )
-        if admission is not None:
-            summary.grants, summary.latency_decisions = grants, decisions
+        summary.grants, summary.latency_decisions = grants, decisions
         from pipeline.engine.report import write_run_report
 
         summary.report_key = write_run_report(repo, cfg.name, summary)
@@ -263,6 +264,17 @@ class _LockKeeper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _admission_logs(admission: ray.actor.ActorHandle | None) -> tuple[list, list]:
+    """What the admission actor granted and decided, for the run summary; nothing if it is gone."""
+    if admission is None:
+        return [], []
+    try:
+        return ray.get(admission.grants_log.remote()), ray.get(admission.decisions_log.remote())
+    except ray.exceptions.RayError as exc:
+        log.warning("the admission actor's logs are lost: %s", exc)
+        return [], []
 
 
 def _drain(progress: ray.actor.ActorHandle | None, on_progress: Callable[[str, int], None] | None) -> None:
