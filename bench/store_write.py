@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +25,8 @@ import boto3
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import moto_server  # noqa: E402
 
 from pipeline.store.backend import ObjectStore, open_store  # noqa: E402
 from pipeline.store.chunks import encode_chunk, is_all_zero  # noqa: E402
@@ -135,29 +135,6 @@ def stored_bytes(store: ObjectStore) -> int:
     return sum(store.size(k) or 0 for k in store.list_keys())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, endpoint
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
-
-
 def baseline_put_loop(client, bucket: str, total: int, object_size: int, workers: int) -> float:
     body = os.urandom(object_size)
     count = max(1, total // object_size)
@@ -201,8 +178,7 @@ def main() -> None:
         f"written {logical / MIB:.0f} MiB, stored {stored / MIB:.0f} MiB ({stored / logical:.1%})"
     )
 
-    proc, endpoint = start_moto()
-    try:
+    with moto_server() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="bench")
         store = open_store("s3://bench/repo", endpoint_url=endpoint, addressing_style="path")
@@ -210,9 +186,6 @@ def main() -> None:
         t_s3 = write_through_repository(repo, image, args.workers)
         stored = stored_bytes(store)
         t_put = baseline_put_loop(client, "bench", stored, 32 * MIB, args.workers)
-    finally:
-        proc.terminate()
-        proc.wait()
     print(
         f"moto S3   : {gbs(t_s3):.2f} GB/s logical = {t_cpu / t_s3:.2f}x baseline cpu; "
         f"written {logical / MIB:.0f} MiB, stored {stored / MIB:.0f} MiB ({stored / logical:.1%}); "

@@ -220,14 +220,10 @@ def _repository(console: Console, stack: ExitStack, workdir: Path, s3: bool) -> 
 
 def _init_repository(cfg: JobConfig) -> None:
     from pipeline.engine.backup import location_of
-    from pipeline.store.backend import open_store
     from pipeline.store.repository import Repository
 
-    loc = location_of(cfg)
     Repository.init(
-        open_store(
-            loc.url, endpoint_url=loc.endpoint_url, region=loc.region, addressing_style=loc.addressing_style
-        ),
+        location_of(cfg).store(),
         block_size=cfg.backup.block_size,
         compression_level=cfg.backup.compression_level,
         pack_size=cfg.backup.pack_size,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import ray
 
 from pipeline.ops.damaged import clear_damaged, damaged_chunk_ids
-from pipeline.store.backend import open_store
+from pipeline.store.backend import ObjectStore, open_store
 from pipeline.store.chunks import IndexEntry
 from pipeline.store.repository import Repository
 
@@ -35,15 +35,16 @@ class RepoLocation:
     region: str | None = None
     addressing_style: str | None = None
 
-    def open(self) -> Repository:
-        return Repository.open(
-            open_store(
-                self.url,
-                endpoint_url=self.endpoint_url,
-                region=self.region,
-                addressing_style=self.addressing_style,
-            )
+    def store(self) -> ObjectStore:
+        return open_store(
+            self.url,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            addressing_style=self.addressing_style,
         )
+
+    def open(self) -> Repository:
+        return Repository.open(self.store())
 
 
 class DedupShard:
