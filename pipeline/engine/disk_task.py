@@ -101,7 +101,6 @@ def backup_disk(
     progress: Callable[[str, int], None] | None = None,
     lease_s: float = 30.0,
     admission: Any = None,
-    datastore: str = "",
 ) -> DiskResult:
     """Back up one disk; returns where its manifest is. Raises on any failure: nothing is committed here."""
     started = time.perf_counter()
@@ -115,7 +114,7 @@ def backup_disk(
     heartbeat.start()
     rss = PeakRss()
     try:
-        throttle = ReadThrottle(admission, datastore or job.datastore) if admission is not None else None
+        throttle = ReadThrottle(admission, job.datastore) if admission is not None else None
         run = _DiskRun(job, repo, source, index, owner, threads, progress, throttle)
         run.execute()
         manifest_key = run.write_manifest()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -100,6 +100,7 @@ def _read_disks(ctx: RunContext, plan: Any, outcome: Any) -> tuple[list[DiskResu
             refs = []
             for i, job in enumerate(prepared.jobs):
                 datastore = job.datastore or datastores[min(i, len(datastores) - 1)]
+                job = replace(job, datastore=datastore)
                 if ctx.admission is not None and i > 0:
                     waited = time.perf_counter()
                     grants.enter_context(admitted_read_sync(ctx.admission, plan.vm_id, plan.host, datastore))
@@ -112,7 +113,6 @@ def _read_disks(ctx: RunContext, plan: Any, outcome: Any) -> tuple[list[DiskResu
                         progress=ctx.progress,
                         lease_s=ctx.lease_s,
                         admission=ctx.admission,
-                        datastore=datastore,
                     )  # fmt: skip
                 )
             results: list[DiskResult] = ray.get(refs)
