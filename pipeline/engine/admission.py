@@ -140,6 +140,15 @@ class AdmissionController:
     def read_limit(self, datastore: str) -> int:
         return self._book.gate.read_limit(datastore)
 
+    def begin_run(self) -> bool:
+        """A new run of the driver that keeps this actor: start fresh logs. False while grants are
+        still held or requested (the actor is then not reused)."""
+        if self._book.grants or self._waiters:
+            return False
+        self._book.log.clear()
+        self._book.gate.decisions.clear()
+        return True
+
     def grants_log(self) -> list[GrantEvent]:
         return list(self._book.log)
 

@@ -23,7 +23,7 @@ from pipeline.config import JobConfig, PlacementConfig
 from pipeline.engine.admission import start_admission
 from pipeline.engine.bottleneck import BottleneckReport, analyze_bottleneck
 from pipeline.engine.dedup import DedupIndex, RepoLocation
-from pipeline.engine.disk_task import COUNTERS, DiskJob, DiskResult, backup_disk
+from pipeline.engine.disk_task import COUNTERS, DiskJob, DiskResult, backup_disk, warm_up_workers
 from pipeline.engine.placement import PlacementLimits, disk_task_options, local_node_resources
 from pipeline.engine.stats import StageClock
 from pipeline.engine.vm_backup import RunContext, backup_vm
@@ -188,25 +188,22 @@ def run_backup(
         # a crashed run's packs are indexed first, so this run deduplicates against them
         recovered = repo.recover_unindexed_packs()
         phases["recover_s"] = time.perf_counter() - started
-        index = DedupIndex.start(location, shards=dedup_shards, lease_s=lease_s)
-        phases["index_start_s"] = time.perf_counter() - started - phases["recover_s"]
-        progress = _ProgressSink.start() if on_progress is not None else None
-        task = ray.remote(backup_disk).options(
-            **disk_task_options(placement_limits(cfg.placement)), max_retries=task_retries
-        )
+        limits = placement_limits(cfg.placement)
+        task = ray.remote(backup_disk).options(**disk_task_options(limits), max_retries=task_retries)
         slots = max(1, int(ray.cluster_resources().get("backup_slots", 1)))
+        # worker processes boot (and import the disk task) while the index and admission start
+        warm_up_workers(limits, min(slots, sum(len(p.disks) for p in plans)))
+        services = _acquire_services(
+            _ServicesKey(
+                location, dedup_shards, lease_s, limits if admit else None, latency_source, latency_poll_s
+            )
+        )
+        index, admission = services.index, services.admission
+        phases["services_s"] = time.perf_counter() - started - phases["recover_s"]
+        progress = _ProgressSink.start() if on_progress is not None else None
         # twice the slots wait in admission, largest VMs first: the night the window planner models
         parallel = max_parallel_vms or 2 * slots
         plans = sorted(plans, key=lambda p: -p.capacity)
-
-        admission = (
-            start_admission(placement_limits(cfg.placement), latency_source, poll_interval_s=latency_poll_s)
-            if admit
-            else None
-        )
-        phases["admission_start_s"] = (
-            time.perf_counter() - started - phases["recover_s"] - phases["index_start_s"]
-        )
         ctx = RunContext(
             cfg.name, repo, location, index, task, admission, _remote_progress(progress), lease_s
         )
@@ -223,11 +220,10 @@ def run_backup(
                 outcomes = [f.result() for f in futures]
             _drain(progress, on_progress)
         finally:
-            index.stop()
             grants, decisions = _admission_logs(admission)
-            for actor in (admission, progress):
-                if actor is not None:
-                    ray.kill(actor)
+            _release_services(services)
+            if progress is not None:
+                ray.kill(progress)
         phases["vms_s"] = time.perf_counter() - vms_started
         summary = RunSummary(
             run_id, outcomes, time.perf_counter() - started, len(recovered), phases=phases, slots=slots
@@ -243,6 +239,108 @@ def run_backup(
 
 
 LOCK_LEASE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class _ServicesKey:
+    """What a run's index shards and admission actor were started for: equal keys share them."""
+
+    location: RepoLocation
+    shards: int | None
+    lease_s: float
+    limits: PlacementLimits | None  # None: the run has no admission actor
+    latency_source: object
+    latency_poll_s: float
+
+
+@dataclass
+class _RunServices:
+    """The dedup index shards and the admission actor of a run.
+
+    A driver that runs backup after backup (a scheduler, a benchmark, a test session) keeps the
+    last run's services and hands them to the next run with the same key: the shards re-read the
+    index segments and damaged markers written since, the admission actor starts a fresh log, and
+    the run pays no actor start-up. They belong to one Ray session and die with the driver."""
+
+    key: _ServicesKey
+    session: tuple[str, str]
+    index: DedupIndex
+    admission: ray.actor.ActorHandle | None
+    in_use: bool = True
+
+    def stop(self) -> None:
+        self.index.stop()
+        if self.admission is not None:
+            ray.kill(self.admission)
+
+
+_kept: _RunServices | None = None
+_kept_lock = threading.Lock()
+_HEALTH_TIMEOUT_S = 60.0
+
+
+def _ray_session() -> tuple[str, str]:
+    context = ray.get_runtime_context()
+    return context.get_job_id(), context.get_node_id()
+
+
+def _acquire_services(key: _ServicesKey) -> _RunServices:
+    """The kept services when they fit this run and still answer, else new ones."""
+    global _kept
+    session = _ray_session()
+    with _kept_lock:
+        kept = _kept
+        reusable = kept is not None and not kept.in_use and kept.key == key and kept.session == session
+        if reusable:
+            kept.in_use = True
+    if reusable:
+        assert kept is not None
+        try:
+            kept.index.refresh(timeout_s=_HEALTH_TIMEOUT_S)
+            idle = kept.admission is None or ray.get(
+                kept.admission.begin_run.remote(), timeout=_HEALTH_TIMEOUT_S
+            )
+            if idle:
+                return kept
+            log.warning("the kept admission actor still holds grants; starting new services")
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            log.warning("the kept index shards or admission actor are gone (%s); starting new ones", exc)
+        with _kept_lock:
+            if _kept is kept:
+                _kept = None
+        _stop_quietly(kept)
+    index = DedupIndex.start(key.location, shards=key.shards, lease_s=key.lease_s)
+    admission = None
+    if key.limits is not None:
+        admission = start_admission(
+            key.limits,
+            key.latency_source,  # type: ignore[arg-type]
+            poll_interval_s=key.latency_poll_s,
+        )
+    return _RunServices(key, session, index, admission)
+
+
+def _release_services(services: _RunServices) -> None:
+    """Keep the run's services for the next run; stop whatever they replace."""
+    global _kept
+    with _kept_lock:
+        kept = _kept
+        if kept is services:
+            services.in_use = False
+            return
+        if kept is not None and kept.in_use:  # another run of this driver holds the kept ones
+            drop = services
+        else:
+            _kept, services.in_use, drop = services, False, kept
+    if drop is not None and drop.session == _ray_session():  # an ended session's actors are gone
+        _stop_quietly(drop)
+
+
+def _stop_quietly(services: _RunServices) -> None:
+    try:
+        services.stop()
+    except Exception as exc:  # actors of a session that ended: nothing left to stop
+        log.debug("stopping run services: %s", exc)
 
 
 class _LockKeeper:

@@ -21,6 +21,7 @@ import ray
 from pipeline.ops.damaged import clear_damaged, damaged_chunk_ids
 from pipeline.store.backend import ObjectStore, open_store
 from pipeline.store.chunks import IndexEntry
+from pipeline.store.index import INDEX_PREFIX, decode_parquet
 from pipeline.store.repository import Repository
 
 KNOWN, MINE, THEIRS = 0, 1, 2
@@ -53,15 +54,30 @@ class DedupShard:
     def __init__(self, location: RepoLocation, shard: int, shards: int, lease_s: float) -> None:
         self.repo = location.open()
         self.shard, self.shards, self.lease_s = shard, shards, lease_s
-        # a chunk verify found damaged counts as unknown: the next block that hashes to it is uploaded
-        # again into a new pack, which heals every restore point that references it
-        self.damaged = {cid for cid in damaged_chunk_ids(self.repo) if cid[0] % shards == shard}
-        self.known: set[bytes] = {
-            cid for cid in self.repo.known_chunk_ids().to_pylist() if cid[0] % shards == shard
-        } - self.damaged
+        self.known: set[bytes] = set()
+        self.damaged: set[bytes] = set()
+        self.segments: set[str] = set()  # index segments whose ids are in ``known``
         self.claims: dict[bytes, str] = {}
         self.leases: dict[str, float] = {}
         self.pending: list[IndexEntry] = []
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Learn what the repository holds now: index segments other writers (or a crashed run's
+        recovery) added, and the chunks verify marked damaged. Called at every run start by a
+        shard that lives across runs. Returns the number of known ids."""
+        listed = set(self.repo.store.list_keys(INDEX_PREFIX))
+        if not self.segments <= listed:  # segments were removed (a prune): start over
+            self.known, self.segments = set(), set()
+        for key in sorted(listed - self.segments):
+            ids = decode_parquet(key, self.repo.store.get(key)).column("chunk_id").to_pylist()
+            self.known.update(cid for cid in ids if cid[0] % self.shards == self.shard)
+            self.segments.add(key)
+        # a chunk verify found damaged counts as unknown: the next block that hashes to it is uploaded
+        # again into a new pack, which heals every restore point that references it
+        self.damaged = {cid for cid in damaged_chunk_ids(self.repo) if cid[0] % self.shards == self.shard}
+        self.known -= self.damaged
+        return len(self.known)
 
     def size(self) -> int:
         return len(self.known)
@@ -113,6 +129,7 @@ class DedupShard:
         except BaseException:
             self.pending = entries + self.pending
             raise
+        self.segments.add(key)
         healed = {e.chunk_id for e in entries} & self.damaged
         if healed:
             clear_damaged(self.repo, healed)
@@ -190,6 +207,11 @@ class DedupIndex:
 
     def size(self) -> int:
         return sum(ray.get([s.size.remote() for s in self.shards]))
+
+    def refresh(self, timeout_s: float | None = None) -> int:
+        """Every shard re-reads what changed in the repository since it loaded; raises
+        ``ray.exceptions.RayActorError`` (or ``GetTimeoutError``) when a shard is gone."""
+        return sum(ray.get([s.refresh.remote() for s in self.shards], timeout=timeout_s))
 
     def stop(self) -> None:
         for s in self.shards:

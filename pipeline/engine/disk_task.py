@@ -25,6 +25,7 @@ from pipeline.engine.admission import ReadThrottle
 from pipeline.engine.block_log import BlockLog
 from pipeline.engine.cbt_guard import check_unchanged, sample_unchanged
 from pipeline.engine.dedup import KNOWN, MINE, THEIRS, ClaimTicket, DedupIndex, RepoLocation
+from pipeline.engine.placement import PlacementLimits, disk_task_options
 from pipeline.engine.stats import PeakRss, StageClock
 from pipeline.extents import Extent, block_offsets, block_runs
 from pipeline.ops.damaged import damaged_chunk_ids
@@ -127,6 +128,24 @@ def backup_disk(
     result.wall_s = time.perf_counter() - started
     result.peak_rss_growth = rss.growth
     return result
+
+
+def _ready() -> bool:
+    return True
+
+
+def warm_up_workers(limits: PlacementLimits, count: int) -> None:
+    """Start ``count`` worker processes for disk tasks now, without waiting for them.
+
+    A Ray worker boots and imports this module in about half a second; a task that finds one idle
+    starts at once. Called at run start, so the boot overlaps the index and admission start-up
+    (and, on vSphere, the first snapshot); Ray keeps idle workers for the run's tasks.
+    """
+    import ray
+
+    warm = ray.remote(_ready).options(**disk_task_options(limits))
+    for _ in range(count):
+        warm.remote()
 
 
 def _renew_claims(index: DedupIndex, owner: str, lease_s: float, stop: threading.Event) -> None:

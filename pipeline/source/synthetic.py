@@ -132,13 +132,15 @@ class SyntheticSource:
             ) from None
 
     def changed_extents(self, since: str | None) -> list[Extent]:
-        grains: list[int]
+        # kinds and versions belong to 1 MiB regions: one look per region, not per grain
+        size = self.disk.size
+        firsts = range(0, self._grains, _PER_UNIT)  # the first grain of every region
         if since is None:
-            grains = [i for i in range(self._grains) if self._kind(i, self._version(i)) != "zero"]
+            kept = [g for g in firsts if self._kind(g, self._version(g)) != "zero"]
         else:
             base = self.parse_change_id(since)
-            grains = [i for i in range(self._grains) if self._version(i) > base]
-        return merge(Extent(i * GRAIN, min(GRAIN, self.disk.size - i * GRAIN)) for i in grains)
+            kept = [g for g in firsts if self._version(g) > base]
+        return merge(Extent(g * GRAIN, min(CHANGE_UNIT, size - g * GRAIN)) for g in kept)
 
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.disk.size:
