@@ -50,8 +50,10 @@ def test_the_next_run_reuses_the_shards_and_learns_what_other_writers_added(ray_
     assert second.grants and all(g.at >= first.grants[-1].at for g in second.grants), "a fresh log"
     (disk,) = second.outcomes[0].disks
     assert disk.blocks_read == len(changed) and disk.dedup_blocks >= 1
-    copies = location.open().chunk_index(refresh=True).table.filter(
-        pc.equal(pc.field("chunk_id"), pa.scalar(planted, pa.binary(32)))
+    copies = (
+        location.open()
+        .chunk_index(refresh=True)
+        .table.filter(pc.equal(pc.field("chunk_id"), pa.scalar(planted, pa.binary(32))))
     )
     assert copies.num_rows == 1, "the planted chunk was not uploaded again"
 

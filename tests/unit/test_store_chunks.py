@@ -1,8 +1,17 @@
 import os
 
+import blake3
 import pytest
 
-from pipeline.store.chunks import PackWriter, decode_chunk, encode_chunk, is_all_zero, read_pack_entries
+from pipeline.store.chunks import (
+    FOOTER_SIZE,
+    PackWriter,
+    decode_chunk,
+    encode_chunk,
+    is_all_zero,
+    pack_key,
+    read_pack_entries,
+)
 from pipeline.store.errors import ObjectCorruptError
 from pipeline.store.local import LocalStore
 
@@ -58,3 +67,15 @@ def test_a_damaged_pack_trailer_is_reported(tmp_path):
     store.put(sealed.key, bytes(damaged))
     with pytest.raises(ObjectCorruptError, match="trailer of pack"):
         read_pack_entries(store, sealed.pack_id)
+
+
+def test_a_pack_is_named_by_its_trailer_and_a_pack_under_another_name_is_refused(tmp_path):
+    store = LocalStore(tmp_path)
+    writer = PackWriter(store, pack_size=1 << 30)
+    writer.add(b"\x02" * 32, encode_chunk(b"y" * 5000, 3))
+    sealed = writer.seal()
+    assert sealed.pack_id == blake3.blake3(sealed.data[-(49 + FOOTER_SIZE) :]).hexdigest()
+    other = "0" * 64
+    store.put(pack_key(other), sealed.data)  # a well-formed pack whose name is not its own
+    with pytest.raises(ObjectCorruptError, match="does not match the pack's name"):
+        read_pack_entries(store, other)
