@@ -336,6 +336,15 @@ def _release_services(services: _RunServices) -> None:
         _stop_quietly(drop)
 
 
+def stop_kept_services() -> None:
+    """Stop the services kept for the next run (the next run starts its own)."""
+    global _kept
+    with _kept_lock:
+        kept, _kept = _kept, None
+    if kept is not None and not kept.in_use and ray.is_initialized() and kept.session == _ray_session():
+        _stop_quietly(kept)
+
+
 def _stop_quietly(services: _RunServices) -> None:
     try:
         services.stop()

@@ -42,6 +42,7 @@ class SnapshotDisk:
     file_name: str  # "[ds] dir/disk.vmdk" as the snapshot references it
     datacenter: str
     change_id: str | None
+    parent_file: str | None = None  # set when the frozen state is a delta disk on older snapshots
 
     @property
     def datastore(self) -> str:
@@ -58,7 +59,14 @@ class SnapshotDisk:
 def snapshot_disks(snapshot: BackupSnapshot, datacenter: str) -> list[SnapshotDisk]:
     return [
         SnapshotDisk(
-            snapshot.vm_moref, snapshot.moref, d.key, d.capacity, d.file_name, datacenter, d.change_id
+            snapshot.vm_moref,
+            snapshot.moref,
+            d.key,
+            d.capacity,
+            d.file_name,
+            datacenter,
+            d.change_id,
+            d.parent_file,
         )
         for d in snapshot.disks
     ]
@@ -167,6 +175,14 @@ def open_vsphere_source(
 ) -> VSphereDiskSource:
     if transport not in TRANSPORTS:
         raise SourceError(f"unknown transport {transport!r}", f"use one of {', '.join(sorted(TRANSPORTS))}")
+    if disk.parent_file is not None and transport in ("http", "file"):
+        # The frozen state is the delta file plus its parents; the flat file alone would be an
+        # older state of the disk. Never read it as if it were this one.
+        raise SourceError(
+            f"disk {disk.file_name} is a delta on {disk.parent_file}: the VM had snapshots before "
+            "this backup's, and the http and file transports read flat disks only",
+            "delete or consolidate the VM's older snapshots, then rerun",
+        )
     return VSphereDiskSource(conn, disk, TRANSPORTS[transport](conn, disk, options or TransportOptions()))
 
 

@@ -32,6 +32,7 @@ class DiskInfo:
     file_name: str  # "[datastore] dir/disk.vmdk"
     datastore: str  # datastore name
     change_id: str | None  # opaque CBT marker of the current state; never parse it
+    parent_file: str | None = None  # the backing's parent: this state is a delta on an older one
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ def _disks(devices: list[Any], ds_by_ref: dict[str, DatastoreInfo]) -> Iterator[
             file_name=file_name,
             datastore=ds.name if ds else _datastore_of_path(file_name),
             change_id=getattr(backing, "changeId", None) or None,
+            parent_file=getattr(getattr(backing, "parent", None), "fileName", None) or None,
         )
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from pipeline.source import SourceError
-from pipeline.source.vsphere import SnapshotDisk, split_datastore_path
+from pipeline.source.vsphere import SnapshotDisk, open_vsphere_source, split_datastore_path
 from pipeline.vsphere.sim import SimulatorError, build_binary
 from pipeline.vsphere.snapshots import snapshot_description, snapshot_name
 
@@ -22,6 +22,16 @@ def test_snapshot_disk_reads_the_flat_file_of_the_disk_it_names():
     disk = SnapshotDisk("vm-1", "snapshot-2", 2000, 1 << 20, "[ds 1] my vm/my vm_1.vmdk", "DC0", "52 aa/3")
     assert disk.datastore == "ds 1"
     assert disk.flat_path == "my vm/my vm_1-flat.vmdk"
+
+
+def test_a_snapshot_disk_that_is_a_delta_on_older_snapshots_is_refused_not_read_flat():
+    disk = SnapshotDisk(
+        "vm-1", "snapshot-9", 2000, 1 << 20, "[ds1] vm/vm-000001.vmdk", "DC0", "52 aa/3", "[ds1] vm/vm.vmdk"
+    )
+    for transport in ("http", "file"):
+        with pytest.raises(SourceError, match="is a delta on .ds1. vm/vm.vmdk") as err:
+            open_vsphere_source(None, disk, transport)  # type: ignore[arg-type]  # refused before any I/O
+        assert "consolidate" in err.value.hint
 
 
 def test_a_file_name_without_a_datastore_is_refused():
