@@ -62,6 +62,7 @@ class _SessionStub(SoapStubAdapter):
         super().__init__(*args, **kwargs)
         self.round_trips = 0
         self.relogin: Any = None  # set by Connection once logged in
+        self.address = f"{kwargs.get('host', '?')}:{abs(int(kwargs.get('port', 443)))}"
         self._lock = threading.Lock()
 
     def InvokeMethod(self, mo: Any, info: Any, args: Any, outerStub: Any = None) -> Any:  # noqa: N802
@@ -81,6 +82,17 @@ class _SessionStub(SoapStubAdapter):
                 raise _permission_error(info.name, exc) from exc
         except vim.fault.NoPermission as exc:
             raise _permission_error(info.name, exc) from exc
+        except (OSError, http.client.HTTPException) as exc:  # vCenter went away mid-session
+            raise _lost_connection(self.address, info.name, exc) from exc
+
+
+def _lost_connection(address: str, method: str, exc: BaseException) -> VsphereConnectError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return VsphereConnectError(
+        f"lost the connection to vCenter at {address} ({reason}; request {method})",
+        "check that vCenter is up, then rerun the job; `vmpump snapshots hunt` removes any snapshot "
+        "this run could not",
+    )
 
 
 def _permission_error(method: str, exc: Any) -> VspherePermissionError:

@@ -133,14 +133,16 @@ def backup_snapshot(
         try:
             remove_snapshot(conn, vm_moref, snap.moref, timeout_s)
         except Exception as exc:
+            why = getattr(exc, "cause", None) or exc  # our errors: the cause alone, the hint is below
             if not body_failed:
                 raise SnapshotError(
-                    f"snapshot {snap.name} of VM {snap.vm_name} could not be removed: {exc}",
-                    "remove it in the vSphere client, or run the orphan hunter",
+                    f"snapshot {snap.name} of VM {snap.vm_name} could not be removed: {why}",
+                    "remove it in the vSphere client, or run `vmpump snapshots hunt` once vCenter answers",
                 ) from exc
             log.error(
-                "snapshot %s of %s left behind: %s (the hunter will remove it)", snap.name, snap.vm_name, exc
-            )
+                "snapshot %s of %s left behind: %s (`vmpump snapshots hunt` removes it)",
+                snap.name, snap.vm_name, why,
+            )  # fmt: skip
 
 
 def vm_snapshots(conn: Connection, vm_moref: str) -> list[SnapshotInfo]:

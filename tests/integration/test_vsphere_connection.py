@@ -66,3 +66,16 @@ def test_round_trips_are_counted(vsphere_conn):
     before = vsphere_conn.round_trips
     vsphere_conn.content.rootFolder.name  # noqa: B018 - one property read is one SOAP call
     assert vsphere_conn.round_trips == before + 1
+
+
+def test_a_vcenter_that_dies_mid_session_is_a_one_line_error(vcsim_factory):
+    sim = vcsim_factory(hosts=1, datastores=1, vms=1)
+    conn = connect(endpoint_of(sim))
+    vm = conn.content.viewManager  # any call works while vCenter is up
+    assert vm is not None
+    sim.stop()  # vCenter goes away with the session open
+    with pytest.raises(VsphereConnectError) as err:
+        conn.content.rootFolder.childEntity  # noqa: B018 - a property read is a SOAP call
+    assert err.value.cause.startswith(f"lost the connection to vCenter at 127.0.0.1:{sim.port} (")
+    assert "rerun the job" in err.value.hint and "snapshots hunt" in err.value.hint
+    assert "\n" not in str(err.value)
