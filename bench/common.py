@@ -184,10 +184,16 @@ def free_port() -> int:
 def moto_server() -> Iterator[str]:
     """A moto S3 server in its own process on loopback (a real HTTP endpoint)."""
     port = free_port()
+    # moto spills every object over 5 MiB to a temporary file on this machine's disk: a second
+    # copy through the page cache that costs this machine's two cores more than the upload itself.
+    # A real S3 endpoint stores objects elsewhere; keep them in moto's memory (both the PUT-loop
+    # baseline and vmpump write to this same server).
+    env = {**os.environ, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(256 * MiB)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -29,9 +29,10 @@ def body_bytes(data: Body) -> bytes | memoryview:
 class ObjectStore(Protocol):
     url: str
 
-    def put(self, key: str, data: Body) -> None:
+    def put(self, key: str, data: Body, *, self_checking: bool = False) -> None:
         """Store ``data`` (bytes, or a sequence of parts in order) under ``key`` atomically and
-        durably, replacing any object there."""
+        durably, replacing any object there. ``self_checking``: the object proves its own integrity
+        (a pack: chunk ids and a trailer hash), so the store need not add a checksum of its own."""
         ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

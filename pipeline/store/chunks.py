@@ -180,7 +180,7 @@ class PackWriter:
         Safe to call from several threads at once; the pack's name is the BLAKE3 of its bytes, so
         uploading the same pack twice writes the same object.
         """
-        self._store.put(sealed.key, sealed.buffers())
+        self._store.put(sealed.key, sealed.buffers(), self_checking=True)
         return list(sealed.entries)
 
 

@@ -39,7 +39,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put(self, key: str, data: Body) -> None:
+    def put(self, key: str, data: Body, *, self_checking: bool = False) -> None:
         path = self._path(key)
         tmp = path.with_name(path.name + _TMP_MARK + secrets.token_hex(4))
         parts = [data] if isinstance(data, bytes | memoryview) else data

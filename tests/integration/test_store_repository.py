@@ -30,9 +30,9 @@ class CountingStore:
     def __init__(self, inner: ObjectStore) -> None:
         self.inner, self.url, self.pack_puts = inner, inner.url, 0
 
-    def put(self, key, data):
+    def put(self, key, data, *, self_checking=False):
         self.pack_puts += key.startswith("packs/")
-        self.inner.put(key, data)
+        self.inner.put(key, data, self_checking=self_checking)
 
     def get(self, key, offset=0, length=None):
         return self.inner.get(key, offset, length)
