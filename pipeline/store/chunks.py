@@ -109,21 +109,49 @@ def _zeros(n: int) -> bytes:
     return buf
 
 
+SAMPLES = 8  # slices of a block tried before compressing it whole
+SAMPLE_SIZE = 4 << 10
+SAMPLE_GAIN = 0.9  # a slice that shrinks below this share of its size: the block is worth compressing
+
+
 def encode_chunk(plaintext: bytes | memoryview, level: int) -> EncodedChunk:
     """zstd at ``level``, or the plaintext itself when compression does not shrink it.
 
+    Blocks of already-compressed or encrypted data (media, archives, encrypted volumes) are common
+    on VM disks; zstd cannot shrink them and still reads all of them. So a large block is first
+    sampled: ``SAMPLES`` slices spread over it, each compressed alone at the fastest level. Only
+    if one of them shrinks is the block compressed whole, else it is stored raw: the same early
+    abort borg (``auto``) and ZFS use. A zero run of an eighth of the block or more is always seen.
+
     Pure and thread-safe (one compressor per thread); zstandard releases the GIL while it works.
     """
+    n = len(plaintext)
+    if n >= 2 * SAMPLES * SAMPLE_SIZE and not _worth_compressing(memoryview(plaintext).cast("B")):
+        return EncodedChunk("raw", n, bytes(plaintext))
+    compressed = _compressor(level).compress(plaintext)
+    if len(compressed) < n:
+        return EncodedChunk("zstd", n, compressed)
+    return EncodedChunk("raw", n, bytes(plaintext))
+
+
+def _worth_compressing(block: memoryview) -> bool:
+    probe = _compressor(1)
+    step = len(block) // SAMPLES
+    for i in range(SAMPLES):
+        sample = block[i * step : i * step + SAMPLE_SIZE]
+        if len(probe.compress(sample)) < SAMPLE_GAIN * SAMPLE_SIZE:
+            return True
+    return False
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
     compressors = getattr(_local, "compressors", None)
     if compressors is None:
         compressors = _local.compressors = {}
     compressor = compressors.get(level)
     if compressor is None:
         compressor = compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    compressed = compressor.compress(plaintext)
-    if len(compressed) < len(plaintext):
-        return EncodedChunk("zstd", len(plaintext), compressed)
-    return EncodedChunk("raw", len(plaintext), bytes(plaintext))
+    return compressor
 
 
 def decode_chunk(codec: str, payload: bytes, raw_length: int) -> bytes:

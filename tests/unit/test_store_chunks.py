@@ -79,3 +79,30 @@ def test_a_pack_is_named_by_its_trailer_and_a_pack_under_another_name_is_refused
     store.put(pack_key(other), sealed.data)  # a well-formed pack whose name is not its own
     with pytest.raises(ObjectCorruptError, match="does not match the pack's name"):
         read_pack_entries(store, other)
+
+
+def test_a_block_whose_samples_do_not_compress_is_stored_raw_without_compressing_it_whole(monkeypatch):
+    import pipeline.store.chunks as chunks
+
+    whole = []
+    real = chunks._compressor
+
+    def spy(level):  # noqa: ANN001, ANN202
+        compressor = real(level)
+        return compressor if level == 1 else whole.append(level) or compressor
+
+    monkeypatch.setattr(chunks, "_compressor", spy)
+    random_block = os.urandom(1 << 20)
+    encoded = encode_chunk(random_block, 3)
+    assert encoded.codec == "raw" and encoded.payload == random_block
+    assert whole == [], "incompressible data is never compressed whole"
+
+
+def test_a_block_with_a_compressible_part_is_still_compressed():
+    block = bytearray(os.urandom(1 << 20))
+    block[(1 << 20) - (1 << 17) :] = bytes(1 << 17)  # an eighth of zeros at the end
+    encoded = encode_chunk(bytes(block), 3)
+    assert encoded.codec == "zstd" and len(encoded.payload) < len(block) - (100 << 10)
+    assert decode_chunk(encoded.codec, encoded.payload, len(block)) == block
+    text = (b"log line 4711: all is well\n" * 50000)[: 1 << 20]
+    assert encode_chunk(text, 3).codec == "zstd"
