@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.source.base import DiskSource
+from pipeline.store.chunks import is_all_zero
 from pipeline.store.manifest import DiskManifest
 
 MIN_SAMPLE_BLOCKS = 8  # even a tiny share checks a few blocks: a lie is usually a whole area
@@ -74,11 +75,10 @@ def check_unchanged(
     for off in offsets:
         length = min(block_size, source.capacity - off)
         data = source.read(off, length)
-        cid = chunk_id(data)
         expected = previous.chunk_at(off)
         if expected is None:
-            if cid != chunk_id(bytes(length)):  # a hole that now holds data
+            if not is_all_zero(data):  # a hole that now holds data
                 mismatches.append(off)
-        elif cid != expected:
+        elif chunk_id(data) != expected:
             mismatches.append(off)
     return GuardResult(len(offsets), tuple(mismatches))
