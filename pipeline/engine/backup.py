@@ -191,13 +191,14 @@ def run_backup(
         limits = placement_limits(cfg.placement)
         task = ray.remote(backup_disk).options(**disk_task_options(limits), max_retries=task_retries)
         slots = max(1, int(ray.cluster_resources().get("backup_slots", 1)))
-        # worker processes boot (and import the disk task) while the index and admission start
-        warm_up_workers(limits, min(slots, sum(len(p.disks) for p in plans)))
-        services = _acquire_services(
-            _ServicesKey(
-                location, dedup_shards, lease_s, limits if admit else None, latency_source, latency_poll_s
-            )
+        key = _ServicesKey(
+            location, dedup_shards, lease_s, limits if admit else None, latency_source, latency_poll_s
         )
+        if not _kept_fits(key):
+            # a first run: worker processes boot (and import the disk task) while the index and
+            # admission start; a driver's later runs find them idle already
+            warm_up_workers(limits, min(slots, sum(len(p.disks) for p in plans)))
+        services = _acquire_services(key)
         index, admission = services.index, services.admission
         phases["services_s"] = time.perf_counter() - started - phases["recover_s"]
         progress = _ProgressSink.start() if on_progress is not None else None
@@ -282,6 +283,12 @@ _HEALTH_TIMEOUT_S = 60.0
 def _ray_session() -> tuple[str, str]:
     context = ray.get_runtime_context()
     return context.get_job_id(), context.get_node_id()
+
+
+def _kept_fits(key: _ServicesKey) -> bool:
+    with _kept_lock:
+        kept = _kept
+        return kept is not None and not kept.in_use and kept.key == key and kept.session == _ray_session()
 
 
 def _acquire_services(key: _ServicesKey) -> _RunServices:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
 import ray
 
 from pipeline.ops.damaged import clear_damaged, damaged_chunk_ids
@@ -81,6 +82,11 @@ class DedupShard:
 
     def size(self) -> int:
         return len(self.known)
+
+    def unindexed(self, ids: Sequence[bytes]) -> int:
+        """How many of ``ids`` are not durable and indexed (after ``flush``: not in a segment)."""
+        pending = {e.chunk_id for e in self.pending}
+        return sum(1 for cid in ids if cid not in self.known or cid in pending)
 
     def _alive(self, owner: str) -> bool:
         return self.leases.get(owner, 0.0) > time.monotonic()
@@ -207,6 +213,19 @@ class DedupIndex:
 
     def size(self) -> int:
         return sum(ray.get([s.size.remote() for s in self.shards]))
+
+    def unindexed(self, ids: pa.Array, batch: int = 100_000) -> int:
+        """How many of ``ids`` (binary(32)) no shard holds as durable and indexed: the commit check
+        of a backup, at a cost that grows with the point's disks, not with the repository."""
+        refs = []
+        for start in range(0, len(ids), batch):
+            part = ids.slice(start, batch).to_pylist()
+            refs.extend(
+                self.shards[s].unindexed.remote([part[i] for i in g])
+                for s, g in enumerate(self._route(part))
+                if g
+            )
+        return sum(ray.get(refs))
 
     def refresh(self, timeout_s: float | None = None) -> int:
         """Every shard re-reads what changed in the repository since it loaded; raises

@@ -76,7 +76,7 @@ def backup_vm(ctx: RunContext, plan: Any) -> Any:  # VmPlan -> VmOutcome (typed 
                 "wall_s": time.perf_counter() - started,
             },
         )
-        ctx.repo.commit_restore_point(point)
+        ctx.repo.commit_restore_point(point, unindexed=ctx.index.unindexed)
         outcome.point_id, outcome.consistency, outcome.disks = point.id, point.consistency, results
     except Exception as exc:  # one VM's failure is reported, the run goes on
         outcome.error = one_line(exc)

@@ -10,7 +10,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -237,12 +237,23 @@ class Repository:
     def read_manifest(self, key: str) -> DiskManifest:
         return DiskManifest.from_arrow(decode_parquet(key, self.store.get(key)))
 
-    def commit_restore_point(self, point: RestorePoint) -> None:
-        """Write the record that makes ``point`` visible, after checking all it names is stored."""
-        known = self.chunk_index(refresh=True).chunk_ids()
+    def commit_restore_point(
+        self, point: RestorePoint, *, unindexed: Callable[[pa.Array], int] | None = None
+    ) -> None:
+        """Write the record that makes ``point`` visible, after checking all it names is stored.
+
+        ``unindexed`` counts the ids of an array the index does not hold. By default the index
+        segments are read and merged, a cost that grows with the repository; a backup passes its
+        dedup index shards' count instead, which costs the size of the point's disks only.
+        """
+        if unindexed is None:
+            known = self.chunk_index(refresh=True).chunk_ids()
+
+            def unindexed(ids: pa.Array) -> int:
+                return pc.sum(pc.invert(pc.is_in(ids, value_set=known))).as_py() or 0
+
         for disk in point.disks:
-            needed = self.read_manifest(disk.manifest_key).referenced_chunk_ids()
-            missing = pc.sum(pc.invert(pc.is_in(needed, value_set=known))).as_py() or 0
+            missing = unindexed(self.read_manifest(disk.manifest_key).referenced_chunk_ids())
             if missing:
                 raise RepositoryError(
                     f"restore point {point.id} disk {disk.disk_key} references {missing} unindexed chunks",

@@ -9,8 +9,9 @@ import pytest
 import ray
 
 import pipeline.engine.backup as backup
+from pipeline.engine.dedup import DedupShard
 from pipeline.ops.restore import restore_vm
-from pipeline.store.chunks import encode_chunk
+from pipeline.store.chunks import IndexEntry, encode_chunk
 from tests.integration.ops_world import back_up, job_for, new_location, source_bytes
 
 pytestmark = pytest.mark.integration
@@ -88,3 +89,14 @@ def test_a_different_repository_replaces_the_kept_services(ray_local, tmp_path):
     assert backup._kept is not kept and backup._kept.key.location.url == two.url
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(kept.index.shards[0].size.remote(), timeout=30)
+
+
+def test_a_shard_counts_a_chunk_as_unindexed_until_its_segment_is_written(tmp_path):
+    location = new_location("local", tmp_path)
+    shard = DedupShard(location, 0, 1, 30.0)  # the actor's class, in this process
+    entry = IndexEntry(b"\x01" * 32, "0" * 64, 0, 10, 10, "raw")
+    assert shard.unindexed([entry.chunk_id]) == 1
+    shard.add_entries([entry], "owner")
+    assert shard.unindexed([entry.chunk_id]) == 1, "known for dedup, but in no index segment yet"
+    assert shard.flush() is not None
+    assert shard.unindexed([entry.chunk_id]) == 0

@@ -290,3 +290,20 @@ def test_refreshing_a_lock_pushes_its_expiry_out(repo: Repository):
     stored = json.loads(repo.store.get(lock.record.key))
     assert stored["expires"] == lock.record.expires
     lock.release()
+
+
+def test_a_point_is_refused_when_the_given_index_check_counts_unindexed_chunks(repo: Repository):
+    image = disk_image(4)
+    record = write_disk(repo, "scsi0:0", image)
+    seen: list[int] = []
+
+    def none_indexed(ids):  # noqa: ANN001, ANN202 - what a backup's index shards would answer
+        seen.append(len(ids))
+        return len(ids)
+
+    with pytest.raises(Exception, match="unindexed chunks"):
+        repo.commit_restore_point(point(record), unindexed=none_indexed)
+    assert seen and repo.restore_points() == []
+    committed = point(record)
+    repo.commit_restore_point(committed, unindexed=lambda ids: 0)
+    assert [p.id for p in repo.restore_points()] == [committed.id]
