@@ -196,7 +196,7 @@ def bench_s3(workdir: Path, size: int) -> None:
                     client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
 
         loops, stores = [], []
-        for _ in range(2):
+        for _ in range(3):
             for put_one, bucket, meters in ((put, "plain", loops), (put_pack, "store", stores)):
                 with ThreadPoolExecutor(UPLOADS_IN_FLIGHT) as pool, CpuMeter() as meter:
                     list(pool.map(put_one, range(count)))
