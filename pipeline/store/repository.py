@@ -249,9 +249,10 @@ class Repository:
         if unindexed is None:
             known = self.chunk_index(refresh=True).chunk_ids()
 
-            def unindexed(ids: pa.Array) -> int:
+            def not_in_segments(ids: pa.Array) -> int:
                 return pc.sum(pc.invert(pc.is_in(ids, value_set=known))).as_py() or 0
 
+            unindexed = not_in_segments
         for disk in point.disks:
             missing = unindexed(self.read_manifest(disk.manifest_key).referenced_chunk_ids())
             if missing:
