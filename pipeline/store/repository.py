@@ -11,6 +11,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -46,6 +47,7 @@ from pipeline.store.restore_point import POINT_PREFIX, RestorePoint
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_KEY = "config"
+POINT_READERS = 16  # restore point records read at once (round trips dominate on S3)
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 256 << 10, 8 << 20
 
 
@@ -263,7 +265,16 @@ class Repository:
         self.store.put(point.key, point.to_json())
 
     def restore_points(self) -> list[RestorePoint]:
-        points = [RestorePoint.from_json(self.store.get(key)) for key in self.store.list_keys(POINT_PREFIX)]
+        """Every restore point, by time. Records are small and one GET each, so on an object store
+        the time is round trips: they are read ``POINT_READERS`` at a time."""
+        keys = self.store.list_keys(POINT_PREFIX)
+        if len(keys) <= 1:
+            points = [RestorePoint.from_json(self.store.get(key)) for key in keys]
+        else:
+            with ThreadPoolExecutor(
+                min(POINT_READERS, len(keys)), thread_name_prefix="vmpump-points"
+            ) as pool:
+                points = list(pool.map(lambda key: RestorePoint.from_json(self.store.get(key)), keys))
         return sorted(points, key=lambda p: (p.created, p.id))
 
     def restore_point(self, ref: str) -> RestorePoint:
