@@ -21,6 +21,7 @@ import ray
 from common import (
     CpuMeter,
     GiB,
+    JobConfig,
     MiB,
     SyntheticDisk,
     borg_backup_s,
@@ -50,6 +51,13 @@ def new_repo(workdir: Path, name: str) -> str:
     return url
 
 
+def start_driver(cfg: JobConfig) -> None:
+    """Make this driver a running one for ``cfg``'s repository: a backup of a small disk that
+    shares no data with the benchmark images starts its index shards, admission and workers."""
+    small = SyntheticDisk(4 * MiB, seed=99, zero_share=0, duplicate_share=0)
+    timed_backup(cfg, [plan("small", small, small.size)])
+
+
 def bench_full(workdir: Path, size: int) -> None:
     ensure_peers()
     image = write_image(mixed_disk(size), workdir / "disk.img")
@@ -64,8 +72,7 @@ def bench_full(workdir: Path, size: int) -> None:
     # A driver already running (a night's later VMs): its index shards, admission actor and disk-task
     # workers were started by an earlier backup, here of a small unrelated disk to the same repository.
     url_warm = new_repo(workdir, "vmpump-warm")
-    small = SyntheticDisk(4 * MiB, seed=99, zero_share=0, duplicate_share=0)
-    timed_backup(job(url_warm), [plan("small", small, small.size)])
+    start_driver(job(url_warm))
     warm(image)
     with CpuMeter() as hot:
         hot_wall, _ = timed_backup(job(url_warm), [plan("full", ImageFile(str(image)), size)])
@@ -167,8 +174,7 @@ def bench_s3(workdir: Path, size: int) -> None:
         # the same in a running driver (services started by a small unrelated backup first)
         url_warm = "s3://vmpump/warm"
         Repository.init(open_store(url_warm, endpoint_url=endpoint, addressing_style="path"))
-        small = SyntheticDisk(4 * MiB, seed=99, zero_share=0, duplicate_share=0)
-        timed_backup(job(url_warm, endpoint_url=endpoint), [plan("small", small, small.size)])
+        start_driver(job(url_warm, endpoint_url=endpoint))
         hot_wall, hot = timed_backup(
             job(url_warm, endpoint_url=endpoint), [plan("s3", ImageFile(str(image)), size)]
         )

@@ -285,10 +285,14 @@ def _ray_session() -> tuple[str, str]:
     return context.get_job_id(), context.get_node_id()
 
 
+def _fits(kept: _RunServices | None, key: _ServicesKey, session: tuple[str, str]) -> bool:
+    """Whether ``kept`` may serve a run with ``key`` in this Ray session (call under the lock)."""
+    return kept is not None and not kept.in_use and kept.key == key and kept.session == session
+
+
 def _kept_fits(key: _ServicesKey) -> bool:
     with _kept_lock:
-        kept = _kept
-        return kept is not None and not kept.in_use and kept.key == key and kept.session == _ray_session()
+        return _fits(_kept, key, _ray_session())
 
 
 def _acquire_services(key: _ServicesKey) -> _RunServices:
@@ -297,7 +301,7 @@ def _acquire_services(key: _ServicesKey) -> _RunServices:
     session = _ray_session()
     with _kept_lock:
         kept = _kept
-        reusable = kept is not None and not kept.in_use and kept.key == key and kept.session == session
+        reusable = _fits(kept, key, session)
         if reusable:
             kept.in_use = True
     if reusable:

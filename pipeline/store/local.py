@@ -8,7 +8,6 @@ MiB or more (packs) bypass the page cache with O_DIRECT where the file system su
 from __future__ import annotations
 
 import errno
-import io
 import mmap
 import os
 import secrets
@@ -50,7 +49,7 @@ class LocalStore:
                     # unbuffered: each part goes straight to the kernel, never joined into one body
                     with open(tmp, "wb", buffering=0) as f:
                         for part in parts:
-                            _write_all(f, part)
+                            _write_all(f.fileno(), part)
                         os.fsync(f.fileno())
                 os.replace(tmp, path)
             except BaseException:
@@ -84,12 +83,12 @@ class LocalStore:
                     staging[filled : filled + n] = view[:n]
                     filled, view = filled + n, view[n:]
                     if filled == len(staging):
-                        _write_fd(fd, staging)
+                        _write_all(fd, staging)
                         size, filled = size + filled, 0
             if filled:
                 padded = -(-filled // DIRECT_ALIGN) * DIRECT_ALIGN  # O_DIRECT writes whole blocks
                 staging[filled:padded] = bytes(padded - filled)
-                _write_fd(fd, staging[:padded])
+                _write_all(fd, staging[:padded])
                 os.ftruncate(fd, size + filled)
             os.fsync(fd)
         except OSError as e:
@@ -162,16 +161,11 @@ def _staging_buffer() -> memoryview:
     return buf
 
 
-def _write_fd(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _write_all(f: io.RawIOBase, part: bytes | memoryview) -> None:
+def _write_all(fd: int, part: bytes | memoryview) -> None:
+    """Write all of ``part`` (os.write may take less than it is given)."""
     view = memoryview(part)
     while view:
-        written = f.write(view)
-        view = view[written:]
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(path: Path) -> None:
